@@ -1,0 +1,36 @@
+# The README's two commands: `make serve` and `make test`. Both set up first.
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ocellus-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test lint system-deps clean
+
+setup: $(STAMP)
+
+# Re-installs only when the project's metadata changes, so repeated runs are quick.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch and torchvision come from this machine's disk through pip (see README).
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian packages that the tests use as real data (Fashion-MNIST, darknet photos).
+system-deps:
+	scripts/system-deps.sh
+
+serve: setup
+	$(BIN)/ocellus serve --host $(HOST) --port $(PORT)
+
+test: setup system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

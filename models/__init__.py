@@ -1,0 +1,1 @@
+"""Ocellus models: backbones, classifier and detector heads, Predictor, export format."""

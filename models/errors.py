@@ -1,0 +1,63 @@
+"""Domain errors raised by models/ and training/.
+
+service/errors.py alone maps them to HTTP status codes. Each message says what
+was expected and what arrived.
+"""
+
+from __future__ import annotations
+
+
+class OcellusError(Exception):
+    """Base class of every expected, user-facing error."""
+
+
+class WeightsUnavailableError(OcellusError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+class ExportError(OcellusError):
+    """An export directory is missing, malformed, tampered with or mismatched."""
+
+
+class ImageError(OcellusError):
+    """Base class of errors about an uploaded image."""
+
+    reason = "bad_image"
+
+
+class ImageDecodeError(ImageError):
+    """The bytes are empty, truncated or not an image."""
+
+    reason = "bad_image"
+
+
+class UnsupportedImageFormatError(ImageError):
+    """The bytes are an image in a format Ocellus does not read."""
+
+    reason = "unsupported"
+
+
+class ImageTooLargeError(ImageError):
+    """The upload exceeds the byte limit or the image exceeds the pixel limit."""
+
+    reason = "too_large"
+
+
+class ModelNotReadyError(OcellusError):
+    """No model is loaded (yet) for the requested task or name."""
+
+
+class TaskMismatchError(OcellusError):
+    """A model of one task was asked to do another (classify vs detect)."""
+
+
+class DatasetError(OcellusError):
+    """A training or evaluation data set is missing or malformed."""
+
+
+class RegistryError(OcellusError):
+    """A model registry folder, name or version is missing or malformed."""
+
+
+class RegistryLockedError(RegistryError):
+    """Another job holds the registry name's lock."""
