@@ -1,0 +1,124 @@
+"""One way to predict: preprocess → forward → postprocess.
+
+The service and the evaluation in training/ both use a `Predictor`, so what is
+evaluated is exactly what is served. The three steps are separate methods so
+the service can preprocess in a thread pool, run `forward` on a whole batch in
+its inference thread, and postprocess per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.errors import TaskMismatchError
+from models.export import Manifest, load_export
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One class of a classification result."""
+
+    label: str
+    index: int
+    score: float
+
+
+class Predictor:
+    """The common surface of every task's predictor.
+
+    Args:
+        model: The model, in eval mode.
+        manifest: Its export manifest (labels, preprocessing, task).
+        device: ``"cpu"`` or ``"cuda"`` (or a ``torch.device``).
+    """
+
+    task: str = ""
+
+    def __init__(self, model: nn.Module, manifest: Manifest,
+                 device: str | torch.device = "cpu") -> None:
+        if manifest.task != self.task:
+            raise TaskMismatchError(
+                f"{type(self).__name__} serves task {self.task!r}, the model's task is "
+                f"{manifest.task!r}"
+            )
+        self.device = torch.device(device)
+        self.manifest = manifest
+        self.labels = list(manifest.labels)
+        self.preprocessing = manifest.preprocess
+        # channels_last is the faster memory layout for convolutions on CPU and GPU.
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+
+    @classmethod
+    def from_export(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
+        """Load an export and wrap it in the predictor of its task."""
+        model, manifest = load_export(path, device=device)
+        return predictor_for(model, manifest, device=device)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.crop_size
+
+    def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int] | None = None
+                   ) -> tuple[torch.Tensor, Any]:
+        """uint8 (3, H, W) RGB → (model input (3, S, S), per-image metadata).
+
+        `original_size` is ``(width, height)`` of the upload when `image` was
+        decoded at reduced size (tasks with geometric outputs map back to it).
+        """
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> Any:
+        """(B, 3, S, S) → the model's raw outputs."""
+        batch = batch.to(self.device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last)
+        return self.model(batch)
+
+    def postprocess(self, outputs: Any, metas: list[Any], **options: Any) -> list[Any]:
+        """Raw outputs of a batch → one result per image."""
+        raise NotImplementedError
+
+    def predict(self, images: list[torch.Tensor], **options: Any) -> list[Any]:
+        """All three steps on a list of uint8 (3, H, W) images, as one batch."""
+        inputs, metas = zip(*(self.preprocess(im) for im in images), strict=True)
+        return self.postprocess(self.forward(torch.stack(inputs)), list(metas), **options)
+
+
+class ClassificationPredictor(Predictor):
+    """Resize and centre-crop, forward, softmax and top-k."""
+
+    task = "classify"
+
+    def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int] | None = None
+                   ) -> tuple[torch.Tensor, None]:
+        # Class scores do not depend on the original size: `original_size` is ignored.
+        return self.preprocessing(image), None
+
+    def postprocess(self, outputs: torch.Tensor, metas: list[Any], *, top_k: int = 5,
+                    **_: Any) -> list[list[Classification]]:
+        """Logits (B, K) → for each image the `top_k` classes, best first."""
+        probs = outputs.float().softmax(dim=1).cpu()
+        k = max(1, min(top_k, probs.shape[1]))
+        scores, indices = probs.topk(k, dim=1)  # (B, k)
+        return [
+            [Classification(self.labels[i], i, float(s))
+             for s, i in zip(row_s.tolist(), row_i.tolist(), strict=True)]
+            for row_s, row_i in zip(scores, indices, strict=True)
+        ]
+
+
+def predictor_for(model: nn.Module, manifest: Manifest, *,
+                  device: str | torch.device = "cpu") -> Predictor:
+    """The predictor class of the manifest's task, around `model`."""
+    if manifest.task == "classify":
+        return ClassificationPredictor(model, manifest, device)
+    if manifest.task == "detect":
+        from models.detection.predictor import DetectionPredictor
+
+        return DetectionPredictor(model, manifest, device)
+    raise TaskMismatchError(f"no predictor for task {manifest.task!r}")
