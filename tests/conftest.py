@@ -1,0 +1,112 @@
+"""Shared fixtures: real data sets, a trained Fashion-MNIST model, a real uvicorn server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `ocellus serve` process on 127.0.0.1."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1",
+               "--port", str(self.port), *args]
+        self._log_fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self._log_fh,
+                                     stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log_fh.close()
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: start a server with extra CLI args and env; all are stopped at the end."""
+    servers: list[Server] = []
+    cache = tmp_path_factory.mktemp("ocellus-cache")
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        server = Server(list(args), {"OCELLUS_CACHE_DIR": str(cache), **(env or {})}, log)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 train images per class (train split), 50 val per class (test split)."""
+    if not FASHION_MNIST.is_dir():
+        pytest.fail("Debian's dataset-fashion-mnist is missing: run `make system-deps`")
+    from training.data.fashion_mnist import export_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fashion")
+    export_fashion_mnist(out, per_class=100, val_per_class=50, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_model(tmp_path_factory: pytest.TempPathFactory,
+                  fashion_mnist_tree: Path) -> tuple[Path, dict]:
+    """efficientnet_lite0, feature extraction, trained on 100 images per class."""
+    from training.classify.fit import get_args_parser, main
+
+    out = tmp_path_factory.mktemp("fashion-model") / "export"
+    args = get_args_parser().parse_args([
+        "--data", str(fashion_mnist_tree), "--out", str(out), "--backbone",
+        "efficientnet_lite0", "--mode", "feature-extract", "--epochs", "6", "--img-size", "112",
+        "--batch-size", "50", "--lr", "3e-3", "--name", "fashion"])
+    return out, main(args)
+
+
+@pytest.fixture(scope="session")
+def default_server(start_server) -> Iterator[Server]:
+    """The service with no --model: the embedded default models."""
+    return start_server()

@@ -1,0 +1,1 @@
+"""Transfer learning for image classification: data, fit loop, evaluation."""

@@ -1,0 +1,202 @@
+"""Fine-tune a pretrained backbone on an ImageFolder tree, evaluate, and export.
+
+Built like torchvision's reference ``train.py``: `get_args_parser`, `main`,
+`train_one_epoch` and an evaluation through the served `Predictor`. Two modes
+of transfer learning:
+
+- ``feature-extract``: the backbone is frozen (weights and batch-norm
+  statistics); only the new head trains.
+- ``fine-tune``: the top ``--trainable-stages`` stages train too, at
+  ``--backbone-lr-scale`` times the head's learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.backbones import list_backbones
+from models.classifier import ImageClassifier
+from models.export import Manifest, save_export
+from models.predictor import ClassificationPredictor
+from training.classify.data import ImageListDataset, fingerprint, load_splits, train_transform
+from training.classify.evaluate import evaluate_classifier
+from training.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder tree")
+    p.add_argument("--out", type=Path, required=True, help="export directory")
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=list_backbones())
+    p.add_argument("--weights", default="imagenet",
+                   help="backbone init: imagenet, none (from scratch) or a state-dict path")
+    p.add_argument("--mode", default="feature-extract", choices=["feature-extract", "fine-tune"])
+    p.add_argument("--trainable-stages", type=int, default=2,
+                   help="fine-tune: how many of the backbone's top stages train")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input side; default: the backbone's pretraining size")
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--augment", default="trivialaugment",
+                   choices=["trivialaugment", "colorjitter", "none"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop training after this many minutes")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from")
+    return p
+
+
+def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict[str, Any]]:
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": list(model.head.parameters()), "lr": args.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": args.lr * args.backbone_lr_scale})
+    return groups
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
+                    device: torch.device, epoch: int, *, bf16: bool = False,
+                    deadline: float | None = None) -> float:
+    """One pass over `loader`; returns the mean training loss."""
+    model.train()
+    total, seen = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = criterion(model(images), targets)  # logits (B, K)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(targets)
+        seen += len(targets)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    return total / max(seen, 1)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, keep the best epoch by validation top-1, export it to ``args.out``."""
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    splits = load_splits(args.data, val_fraction=args.val_fraction, seed=args.seed)
+    model = ImageClassifier(args.backbone, len(splits.classes), dropout=args.dropout,
+                            backbone_weights=args.weights)
+    pre = model.backbone.preprocessing
+    pre = pre.with_size(args.img_size) if args.img_size else pre
+    trainable = 0 if args.mode == "feature-extract" else args.trainable_stages
+    model.backbone.freeze(trainable)
+    model.to(device, memory_format=torch.channels_last)
+
+    manifest = Manifest(
+        task="classify",
+        name=args.name or args.out.name,
+        architecture={"name": "classifier", "args": {
+            "backbone": args.backbone, "num_classes": len(splits.classes),
+            "dropout": args.dropout}},
+        labels=splits.classes,
+        preprocessing=pre.to_dict(),
+    )
+    predictor = ClassificationPredictor(model, manifest, device)
+    loader = DataLoader(ImageListDataset(splits.train, train_transform(pre, augment=args.augment)),
+                        batch_size=args.batch_size, shuffle=True, drop_last=len(splits.train)
+                        > args.batch_size, num_workers=args.workers,
+                        persistent_workers=args.workers > 0)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = torch.optim.AdamW(_param_groups(model, args), weight_decay=args.weight_decay)
+    scheduler = warmup_cosine(optimizer, total_steps=args.epochs * len(loader),
+                              warmup_steps=round(args.warmup_epochs * len(loader)))
+
+    ckpt_dir = args.out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
+    best_metrics: dict[str, Any] | None = None
+    if args.resume:
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        start_epoch = ckpt["epoch"] + 1
+        best, best_epoch, history = ckpt["best_top1"], ckpt["best_epoch"], ckpt["history"]
+        log.info("resumed from %s at epoch %d", args.resume, start_epoch)
+
+    started = time.monotonic()
+    deadline = started + args.time_budget * 60 if args.time_budget else None
+    for epoch in range(start_epoch, args.epochs):
+        loss = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
+                               bf16=args.bf16, deadline=deadline)
+        metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
+        history.append({"epoch": epoch, "train_loss": loss, "val_top1": metrics["top1"],
+                        "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
+                        "minutes": (time.monotonic() - started) / 60})
+        improved = metrics["top1"] > best
+        if improved:
+            best, best_epoch, best_metrics = metrics["top1"], epoch, metrics
+        log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1, args.epochs,
+                 loss, metrics["top1"], metrics["top5"], "  (best)" if improved else "")
+        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
+                "best_top1": best, "best_epoch": best_epoch, "history": history}
+        torch.save(ckpt, ckpt_dir / "last.pt")
+        if improved:
+            torch.save(ckpt, ckpt_dir / "best.pt")
+        if epoch - best_epoch >= args.patience:
+            log.info("early stop: no improvement for %d epochs", args.patience)
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            log.info("time budget of %.1f min reached", args.time_budget)
+            break
+
+    if best_epoch < 0:
+        raise RuntimeError("no epoch was trained; nothing to export")
+    if best_metrics is None or best_epoch != history[-1]["epoch"]:
+        model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
+                                         weights_only=False)["model"])
+        best_metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
+    manifest.metrics = {"val": best_metrics}
+    manifest.dataset = {"fingerprint": fingerprint(splits.train + splits.val, splits.classes),
+                        "root": str(Path(args.data).resolve()), "num_train": len(splits.train),
+                        "num_val": len(splits.val)}
+    manifest.training = {
+        "mode": args.mode, "best_epoch": best_epoch, "history": history,
+        "minutes": (time.monotonic() - started) / 60,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "frozen_stages": list(model.backbone.frozen_stages),
+    }
+    manifest.provenance = {"backbone_weights": str(args.weights)}
+    save_export(model, args.out, manifest)
+    (args.out / "history.json").write_text(json.dumps(history, indent=2))
+    log.info("exported %s (val top-1 %.4f at epoch %d)", args.out, best_metrics["top1"],
+             best_epoch + 1)
+    return {"out": str(args.out), "top1": best_metrics["top1"], "best_epoch": best_epoch,
+            "history": history}
