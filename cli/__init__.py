@@ -1,0 +1,1 @@
+"""The `ocellus` command-line dispatcher."""

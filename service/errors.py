@@ -1,0 +1,96 @@
+"""The one error boundary: domain errors → HTTP status and one JSON shape.
+
+``{"error": {"status": 415, "code": "unsupported_media_type", "message": "..."}}``.
+Expected errors become 4xx; anything else is logged and returned as a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.errors import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    ModelNotReadyError,
+    OcellusError,
+    TaskMismatchError,
+    UnsupportedImageFormatError,
+)
+
+log = logging.getLogger(__name__)
+
+# Most specific first.
+_STATUS: list[tuple[type[Exception], int, str]] = [
+    (ImageTooLargeError, 413, "too_large"),
+    (UnsupportedImageFormatError, 415, "unsupported_media_type"),
+    (ImageDecodeError, 400, "bad_image"),
+    (TaskMismatchError, 400, "wrong_task"),
+    (ModelNotReadyError, 404, "model_not_found"),
+]
+
+
+class RequestError(OcellusError):
+    """A malformed request that is not about an image (missing part, bad parameter)."""
+
+    def __init__(self, message: str, *, status: int = 422, code: str = "invalid_request"):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "code": code, "message": message}},
+                        status_code=status, headers=headers)
+
+
+def status_of(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and error code for a domain error."""
+    if isinstance(exc, RequestError):
+        return exc.status, exc.code
+    for cls, status, code in _STATUS:
+        if isinstance(exc, cls):
+            return status, code
+    return 400, "bad_request"
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        if err.get("type") == "missing":
+            parts.append(f"missing {where}: expected a multipart/form-data part named "
+                         f"'{where.split('.')[-1]}'" if "file" in where else f"missing {where}")
+        else:
+            parts.append(f"{where}: {err.get('msg')} (got {err.get('input')!r})")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every error the same JSON shape."""
+
+    @app.exception_handler(OcellusError)
+    async def _domain(request: Request, exc: OcellusError) -> JSONResponse:
+        status, code = status_of(exc)
+        return error_response(status, code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error")
