@@ -1,0 +1,71 @@
+"""From decoded boxes and class scores to final detections: threshold, filter, NMS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import batched_nms
+
+
+@dataclass
+class Detections:
+    """The detections of one image, highest score first.
+
+    Attributes:
+        boxes: ``(N, 4)`` float xyxy, in the pixels of the image they refer to.
+        scores: ``(N,)`` float confidence in [0, 1].
+        labels: ``(N,)`` int64 class indices.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """The layout torchmetrics' MeanAveragePrecision expects."""
+        return {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+
+
+def postprocess(boxes: torch.Tensor, scores: torch.Tensor, *, conf: float = 0.25,
+                iou: float = 0.45, max_det: int = 300, classes: Sequence[int] | None = None,
+                agnostic: bool = False, max_candidates: int = 10_000) -> list[Detections]:
+    """Turn per-anchor predictions into detections, one `Detections` per image.
+
+    Each anchor keeps its best class (one box per anchor, as at serving time).
+
+    Args:
+        boxes: ``(B, A, 4)`` xyxy boxes.
+        scores: ``(B, A, C)`` class probabilities (after the sigmoid).
+        conf: Keep anchors whose best class score is above this.
+        iou: NMS IoU threshold: a box overlapping a higher-scored one by more is dropped.
+        max_det: At most this many detections per image.
+        classes: If given, keep only detections whose label is one of these.
+        agnostic: Suppress overlapping boxes whatever their classes (by default
+            NMS runs per class, so overlapping objects of different classes survive).
+        max_candidates: At most this many boxes enter NMS (the highest scored),
+            which bounds its cost on an untrained or very busy model.
+    """
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be (B, A, 4), got {tuple(boxes.shape)}")
+    if scores.shape[:2] != boxes.shape[:2]:
+        raise ValueError(f"scores {tuple(scores.shape)} do not match boxes {tuple(boxes.shape)}")
+    wanted = None if classes is None else torch.as_tensor(list(classes), device=scores.device)
+    out: list[Detections] = []
+    for b in range(boxes.shape[0]):
+        score, label = scores[b].max(dim=-1)  # (A,), (A,)
+        keep = score > conf
+        if wanted is not None:
+            keep &= torch.isin(label, wanted)
+        bx, sc, lb = boxes[b][keep].float(), score[keep].float(), label[keep]
+        if sc.numel() > max_candidates:
+            top = sc.topk(max_candidates).indices
+            bx, sc, lb = bx[top], sc[top], lb[top]
+        groups = torch.zeros_like(lb) if agnostic else lb
+        idx = batched_nms(bx, sc, groups, iou)[:max_det]  # sorted by decreasing score
+        out.append(Detections(bx[idx], sc[idx], lb[idx].long()))
+    return out

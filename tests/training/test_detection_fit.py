@@ -1,0 +1,112 @@
+"""Assigner, loss and the fit loop on tiny generated data (fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image, ImageDraw
+from torchvision.ops import box_iou
+
+from models.detection import Detector, make_anchors
+from training.detection.assign import TaskAlignedAssigner
+from training.detection.fit import load_detector_checkpoint, train_detector
+from training.detection.loss import DetectionLoss
+
+
+def test_assigner_picks_anchors_inside_the_box_and_resolves_conflicts() -> None:
+    anchors, _ = make_anchors([(4, 4)], [8])  # centres at 4, 12, 20, 28
+    a = anchors.shape[0]
+    gt_boxes = torch.tensor([[[0.0, 0, 16, 16], [8, 0, 32, 16], [0, 0, 0, 0]]])
+    gt_labels = torch.tensor([[1, 0, 0]])
+    gt_mask = torch.tensor([[True, True, False]])  # the third object is padding
+    pd_scores = torch.full((1, a, 2), 0.5)
+    pd_boxes = torch.tensor([[0.0, 0, 16, 16]]).repeat(1, a, 1)  # every anchor predicts gt 0
+    t = TaskAlignedAssigner(topk=10)(pd_scores, pd_boxes, anchors, gt_labels, gt_boxes, gt_mask)
+    fg = t.fg[0].nonzero().flatten().tolist()
+    # Inside gt 0: anchors 0, 1, 4, 5; inside gt 1: 1, 2, 3, 5, 6, 7. Anchors 1 and 5 are in
+    # both and go to gt 0, the box their prediction overlaps most.
+    assert fg == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert t.gt_index[0, [0, 1, 4, 5]].tolist() == [0, 0, 0, 0]
+    assert t.gt_index[0, [2, 3, 6, 7]].tolist() == [1, 1, 1, 1]
+    assert torch.equal(t.boxes[0, 1], gt_boxes[0, 0]) and torch.equal(t.boxes[0, 2], gt_boxes[0, 1])
+    # Soft targets sit on the assigned class only; gt 0's best anchor gets its IoU (1.0).
+    assert t.scores[0, :, 0][[0, 1, 4, 5]].eq(0).all() and t.scores[0, :, 1][[2, 3]].eq(0).all()
+    assert t.scores[0, 0, 1] == torch.tensor(1.0)
+    assert t.scores[0, 8:].eq(0).all()
+
+
+def test_loss_overfits_one_image_and_the_detection_lands_on_the_box() -> None:
+    torch.manual_seed(0)
+    model = Detector("resnet18", num_classes=2, img_size=64, width=16)
+    image = torch.full((1, 3, 64, 64), 20, dtype=torch.uint8)
+    image[..., 16:48, 8:40] = 230  # one bright square, class 1
+    target = torch.tensor([[0.0, 1, 8, 16, 40, 48]])
+    x = model.preprocessing.normalize(image)
+    loss_fn = DetectionLoss(model.reg_max)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss, _ = loss_fn(model(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    [det] = model.eval().predict([image[0]], conf=0.1)
+    assert det.labels[0] == 1
+    assert float(box_iou(det.boxes[:1], target[:, 2:])) > 0.6
+
+
+def _tiny_set(root: Path, n: int = 8) -> Path:
+    """Images 80x64 with one filled rectangle each (class = colour)."""
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            cls = i % 2
+            im = Image.new("RGB", (80, 64), (90, 90, 90))
+            x1, y1 = 5 + 4 * i, 6 + 3 * i
+            ImageDraw.Draw(im).rectangle([x1, y1, x1 + 29, y1 + 24],
+                                         fill=(250, 30, 30) if cls else (30, 30, 250))
+            im.save(root / "images" / split / f"{i}.png")
+            cx, cy = (x1 + 15) / 80, (y1 + 12.5) / 64
+            (root / "labels" / split / f"{i}.txt").write_text(
+                f"{cls} {cx:.6f} {cy:.6f} {30 / 80:.6f} {25 / 64:.6f}\n")
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train",
+                                    "val": "images/val", "names": ["blue", "red"]}))
+    return data
+
+
+def test_train_resume_and_frozen_stages(tmp_path: Path) -> None:
+    data = _tiny_set(tmp_path / "data")
+    kwargs = dict(backbone="resnet18", backbone_weights=None, trainable_stages=2, img_size=64,
+                  batch_size=4, width=16, lr=2e-3, seed=3, progress=False)
+    first = train_detector(data, tmp_path / "run", epochs=1, **kwargs)
+    assert first.last_path.is_file() and first.best_path.is_file()
+    assert [h["epoch"] for h in first.history] == [0]
+    assert first.names == ["blue", "red"] and first.args["trainable_stages"] == 2
+    assert set(first.metrics) >= {"map50", "map50_95", "precision", "recall", "per_class_ap"}
+
+    resumed = train_detector(data, tmp_path / "run", epochs=3,
+                             resume=tmp_path / "run" / "last.pt", **kwargs)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]  # continued, not restarted
+    last = torch.load(resumed.last_path, weights_only=True)
+    assert last["epoch"] == 2
+    assert set(last) >= {"model", "optimizer", "lr_scheduler", "epoch", "args", "model_args"}
+    steps_per_epoch = 2  # 8 images, batch 4
+    assert last["lr_scheduler"]["last_epoch"] == 3 * steps_per_epoch
+
+    # Only the top 2 stages (layer3, layer4) moved; the rest kept the seed's init.
+    torch.manual_seed(3)
+    init = Detector("resnet18", 2, img_size=64, width=16).state_dict()
+    model, ckpt = load_detector_checkpoint(resumed.last_path)
+    trained = model.state_dict()
+    assert torch.equal(trained["backbone.layer2.0.conv1.weight"],
+                       init["backbone.layer2.0.conv1.weight"])
+    assert torch.equal(trained["backbone.stem.0.weight"], init["backbone.stem.0.weight"])
+    assert not torch.equal(trained["backbone.layer4.0.conv1.weight"],
+                           init["backbone.layer4.0.conv1.weight"])
+    assert ckpt["model_args"] == resumed.model_args == model.model_args

@@ -1,0 +1,1 @@
+"""Training and evaluation of YOLO-style detectors (see models/detection)."""
