@@ -1,0 +1,215 @@
+"""Detection metrics (COCO mAP via torchmetrics + pycocotools), on what is served.
+
+Evaluation runs the served `DetectionPredictor` (letterbox, forward, decode,
+NMS, map back) on each ORIGINAL image and scores the boxes in the original
+pixels against the ground truth there. `evaluate_detector` is the fit loop's
+view (a model in training, images already in memory); `evaluate_detection_data`
+is ``ocellus evaluate``'s (an export, image files decoded as the service does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torchmetrics.detection import MeanAveragePrecision
+
+from models.detection.detector import Detector
+from models.detection.predictor import DetectionPredictor
+from models.errors import DatasetError
+from models.export import Manifest
+from models.imaging import decode_image
+from training.detection.dataset import (
+    YoloDetectionDataset,
+    _split_images,
+    label_path_for,
+    load_data_yaml,
+    read_labels,
+)
+
+# COCO-style evaluation settings: a low threshold so the PR curve covers all recalls.
+EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.6, 100
+
+
+def _best_f1_point(precision: torch.Tensor) -> tuple[float, float] | None:
+    """From COCO's interpolated precision ``(101,)`` at recall 0..1, the (P, R) of best F1."""
+    if bool((precision < 0).all()):
+        return None  # no ground truth of this class
+    p = precision.clamp(min=0)
+    r = torch.linspace(0, 1, precision.numel())
+    f1 = 2 * p * r / (p + r).clamp(min=1e-9)
+    i = int(f1.argmax())
+    return float(p[i]), float(r[i])
+
+
+def detection_metrics(preds: list[dict[str, torch.Tensor]], targets: list[dict[str, torch.Tensor]],
+                      names: Sequence[str]) -> dict[str, Any]:
+    """COCO metrics of per-image predictions against targets.
+
+    Args:
+        preds: Per image ``{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,)}``.
+        targets: Per image ``{"boxes" (M, 4) xyxy, "labels" (M,)}``.
+        names: Class names, indexed by label.
+
+    Returns:
+        ``map50``, ``map50_95``; ``precision`` and ``recall`` at IoU 0.5 at each
+        class's best-F1 point of the (COCO-interpolated) PR curve, averaged over
+        classes with ground truth; ``per_class_ap`` (AP50-95) and
+        ``per_class_ap50``, by class name, for classes with ground truth.
+    """
+    metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, extended_summary=True,
+                                  backend="pycocotools")
+    metric.update(preds, targets)
+    r = metric.compute()
+    classes = [int(c) for c in r["classes"].reshape(-1)]
+    # precision: (T=10 IoUs, R=101 recalls, K classes, 4 areas, 3 max-dets); area "all", 100 dets.
+    pr50 = r["precision"][0, :, :, 0, -1]  # (101, K)
+    per_ap = r["map_per_class"].reshape(-1)
+    per_class_ap, per_class_ap50, points = {}, {}, []
+    for k, c in enumerate(classes):
+        point = _best_f1_point(pr50[:, k])
+        if point is None:
+            continue
+        points.append(point)
+        name = names[c] if 0 <= c < len(names) else str(c)
+        per_class_ap[name] = float(per_ap[k])
+        per_class_ap50[name] = float(pr50[:, k].clamp(min=0).mean())
+    return {
+        "map50": max(float(r["map_50"]), 0.0),
+        "map50_95": max(float(r["map"]), 0.0),
+        "precision": sum(p for p, _ in points) / len(points) if points else 0.0,
+        "recall": sum(q for _, q in points) / len(points) if points else 0.0,
+        "per_class_ap": per_class_ap,
+        "per_class_ap50": per_class_ap50,
+    }
+
+
+Sample = tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]
+"""(uint8 image (3, h, w), original (width, height), xyxy boxes (N, 4) in original px, labels)."""
+
+
+@torch.inference_mode()
+def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], *,
+                      batch_size: int = 16, conf: float = EVAL_CONF, iou: float = EVAL_IOU,
+                      max_det: int = EVAL_MAX_DET) -> dict[str, Any]:
+    """Run the served predict path (preprocess, forward, postprocess) and score it.
+
+    Returns:
+        `detection_metrics` plus ``num_images``, ``num_objects`` and the settings used.
+    """
+    preds: list[dict[str, torch.Tensor]] = []
+    targets: list[dict[str, torch.Tensor]] = []
+
+    def flush(batch: list[Sample]) -> None:
+        inputs, metas = zip(*(predictor.preprocess(im, original_size=size)
+                              for im, size, _, _ in batch), strict=True)
+        results = predictor.postprocess(predictor.forward(torch.stack(inputs)), list(metas),
+                                        conf=conf, iou=iou, max_det=max_det)
+        for dets, (_, _, boxes, labels) in zip(results, batch, strict=True):
+            # The served response, back into tensors: exactly what a client gets.
+            preds.append({"boxes": torch.tensor([d.box for d in dets]).reshape(-1, 4),
+                          "scores": torch.tensor([d.score for d in dets]),
+                          "labels": torch.tensor([d.class_id for d in dets], dtype=torch.long)})
+            targets.append({"boxes": boxes.float(), "labels": labels.long()})
+
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    report = detection_metrics(preds, targets, predictor.labels)
+    report.update(num_images=len(targets), num_objects=sum(len(t["labels"]) for t in targets),
+                  conf=conf, iou=iou, max_det=max_det)
+    return report
+
+
+def evaluate_detector(model: Detector, dataset: YoloDetectionDataset, names: Sequence[str], *,
+                      conf: float = EVAL_CONF, iou: float = EVAL_IOU,
+                      max_det: int = EVAL_MAX_DET, batch_size: int = 16) -> dict[str, Any]:
+    """Score a model being trained, through a `DetectionPredictor` around it.
+
+    The model is left in the train/eval mode it came in.
+    """
+    was_training = model.training
+    device = next(model.parameters()).device
+    manifest = Manifest(task="detect", architecture={"name": "detector", "args": model.model_args},
+                        labels=list(names), preprocessing=model.preprocessing.to_dict())
+    predictor = DetectionPredictor(model, manifest, device)  # puts the model in eval mode
+
+    def samples() -> Iterable[Sample]:
+        for i in range(len(dataset)):
+            image, boxes, labels = dataset.load(i)
+            yield image, (image.shape[-1], image.shape[-2]), boxes, labels
+
+    try:
+        return predict_and_score(predictor, samples(), batch_size=batch_size, conf=conf,
+                                 iou=iou, max_det=max_det)
+    finally:
+        model.train(was_training)
+
+
+def split_images(data_yaml: str | Path, split: str) -> tuple[list[Path], list[str]]:
+    """The images of `split` (``train``, ``val``, ``test`` or any key) and the class names."""
+    spec = load_data_yaml(data_yaml, check_labels=False)
+    if split in ("train", "val"):
+        images = spec.train if split == "train" else spec.val
+    else:
+        cfg = yaml.safe_load(Path(data_yaml).read_text())
+        images = _split_images(cfg.get(split), spec.root, split, spec.yaml_path)
+    if not images:
+        raise DatasetError(f"{data_yaml}: split {split!r} has no images")
+    return images, spec.names
+
+
+def evaluate_detection_data(predictor: DetectionPredictor, data_yaml: str | Path, *,
+                            split: str = "val", batch_size: int = 16, conf: float = EVAL_CONF,
+                            iou: float = EVAL_IOU, max_det: int = EVAL_MAX_DET
+                            ) -> dict[str, Any]:
+    """``ocellus evaluate`` on a detector export: a YOLO split, decoded as the service does.
+
+    Every image file is decoded by `models.imaging.decode_image` (upright, large
+    JPEGs at reduced scale) and predicted with the export's own preprocessing,
+    so the figures are those of the served model. Labels are normalised to the
+    upright image, as in Ultralytics. The data set's class names are matched to
+    the model's labels by name.
+
+    Returns:
+        ``num_images``, ``num_objects``, ``map50``, ``map50_95``, ``precision``,
+        ``recall``, ``per_class_ap``, ``per_class_ap50``, the settings, and ``labels``.
+
+    Raises:
+        DatasetError: A missing split, a malformed label row, or class names the
+            model does not know.
+    """
+    images, names = split_images(data_yaml, split)
+    unknown = sorted(set(names) - set(predictor.labels))
+    if unknown:
+        raise DatasetError(f"{data_yaml}: classes {unknown} are not labels of the model "
+                           f"({predictor.labels})")
+    to_model = torch.tensor([predictor.labels.index(n) for n in names], dtype=torch.long)
+
+    def samples() -> Iterable[Sample]:
+        for path in images:
+            try:
+                decoded = decode_image(path.read_bytes(), max_pixels=1 << 31,
+                                       target_size=predictor.input_size)
+            except OSError as exc:
+                raise DatasetError(f"cannot read image {path}: {exc}") from exc
+            rows = read_labels(label_path_for(path), len(names))  # (N, 5) class cx cy w h
+            w, h = decoded.width, decoded.height
+            cx, cy, bw, bh = (rows[:, k] for k in range(1, 5))
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+            boxes = torch.minimum((boxes * torch.tensor([w, h, w, h])).clamp(min=0),
+                                  torch.tensor([w, h, w, h], dtype=torch.float32))
+            yield decoded.tensor, (w, h), boxes, to_model[rows[:, 0].long()]
+
+    report = predict_and_score(predictor, samples(), batch_size=batch_size, conf=conf, iou=iou,
+                               max_det=max_det)
+    report.update(split=split, labels=list(predictor.labels))
+    return report
