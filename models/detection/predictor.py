@@ -1,0 +1,149 @@
+"""The detection `Predictor`: letterbox → forward → decode, NMS, map back to the original.
+
+Works with any model whose forward output goes through ``model.decode(raw)`` to
+``(boxes (B, A, 4) xyxy in input pixels, probs (B, A, C))`` (`Detector`, NanoDet).
+
+The image handed to `DetectionPredictor.preprocess` may be smaller than the
+upload (the service decodes large JPEGs at 1/2, 1/4 or 1/8 scale); pass the
+upload's ``original_size`` and boxes come back in the ORIGINAL image's pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.detection.detector import Detector, DetectorOutput
+from models.detection.letterbox import LetterboxParams, boxes_from_letterbox, letterbox
+from models.detection.postprocess import Detections, postprocess
+from models.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object.
+
+    Attributes:
+        label: Class name.
+        class_id: Class index into the model's labels.
+        score: Confidence in [0, 1].
+        box: ``[x1, y1, x2, y2]`` in the original image's pixels (edges, so a box
+            covering the whole image is ``[0, 0, width, height]``).
+    """
+
+    label: str
+    class_id: int
+    score: float
+    box: list[float]
+
+
+@dataclass(frozen=True)
+class DetectionMeta:
+    """What postprocess needs to map boxes from the model input to the original image.
+
+    Attributes:
+        letterbox: Placement of the (possibly reduced) decoded image in the input square.
+        scale_x: Original width / decoded width (1.0 unless decoded at reduced size).
+        scale_y: Original height / decoded height.
+        width: Width of the original image.
+        height: Height of the original image.
+    """
+
+    letterbox: LetterboxParams
+    scale_x: float
+    scale_y: float
+    width: int
+    height: int
+
+    def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
+        """xyxy ``(N, 4)`` in input-square pixels → xyxy ``(N, 4)`` in original pixels."""
+        boxes = boxes_from_letterbox(boxes, self.letterbox)  # decoded-image pixels, clipped
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        limit = boxes.new_tensor([self.width, self.height, self.width, self.height])
+        # Clip again: float rounding of the scale must not push an edge past the image.
+        return torch.minimum((boxes * scale).clamp(min=0), limit)
+
+
+class DetectionPredictor(Predictor):
+    """Letterbox and normalise, forward, then decode, NMS and map boxes back.
+
+    Postprocess options (all keyword): ``conf`` (score threshold), ``iou`` (NMS
+    IoU threshold), ``max_det`` (detections per image), ``classes`` (keep only
+    these class ids), ``agnostic`` (NMS across classes).
+    """
+
+    task = "detect"
+
+    def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int] | None = None
+                   ) -> tuple[torch.Tensor, DetectionMeta]:
+        """uint8 ``(3, h, w)`` → normalised ``(3, S, S)`` and the geometry to map boxes back.
+
+        Args:
+            image: The decoded RGB image.
+            original_size: ``(width, height)`` of the original image when `image` was
+                decoded at reduced size; None when `image` is the original.
+        """
+        pre = self.preprocessing
+        if pre.mode != "letterbox":
+            raise ValueError(f"a detection model needs preprocessing mode 'letterbox', "
+                             f"the manifest says {pre.mode!r}")
+        _, h, w = image.shape
+        width, height = original_size if original_size is not None else (w, h)
+        boxed, params = letterbox(image, pre.crop_size, interpolation=pre.interpolation_mode)
+        meta = DetectionMeta(params, width / w, height / h, int(width), int(height))
+        return pre.normalize(boxed), meta  # (3, S, S) float
+
+    def forward(self, batch: torch.Tensor) -> Any:
+        """(B, 3, S, S) → raw outputs in which every tensor is batch-major.
+
+        The service batches requests together, splits outputs by image and may
+        concatenate chunks, so every tensor must have the batch first. A
+        `DetectorOutput` carries per-level anchors ``(A, 2)`` and strides
+        ``(A, 1)`` shared by all images: they are expanded (a view, no copy) to
+        ``(B, A, 2)`` and ``(B, A, 1)``, in a plain tuple. Other models' outputs
+        (NanoDet: per-level tuples of ``(B, ...)`` tensors) pass unchanged.
+        """
+        out = super().forward(batch)
+        if isinstance(out, DetectorOutput):
+            b = out.cls.shape[0]
+            return (out.dist, out.cls, out.anchors.expand(b, -1, -1),
+                    out.strides.expand(b, -1, -1))
+        return out
+
+    def _decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.model, Detector) and not isinstance(outputs, DetectorOutput):
+            dist, cls, anchors, strides = outputs
+            # Batch-major from `forward` (every row holds the same anchors), or as
+            # a traced graph returns them, (A, 2) and (A, 1).
+            outputs = DetectorOutput(dist, cls, anchors[0] if anchors.ndim == 3 else anchors,
+                                     strides[0] if strides.ndim == 3 else strides)
+        return self.model.decode(outputs)
+
+    def detect(self, outputs: Any, metas: Sequence[DetectionMeta], *, conf: float = 0.25,
+               iou: float = 0.45, max_det: int = 300, classes: Sequence[int] | None = None,
+               agnostic: bool = False) -> list[Detections]:
+        """Raw outputs of a batch → per image `Detections` (tensors) in original pixels."""
+        boxes, probs = self._decode(outputs)  # (B, A, 4) input px, (B, A, C)
+        dets = postprocess(boxes, probs, conf=conf, iou=iou, max_det=max_det,
+                           classes=None if classes is None else list(classes),
+                           agnostic=agnostic)
+        for d, meta in zip(dets, metas, strict=True):
+            d.boxes = meta.to_original(d.boxes.float().cpu())
+            d.scores, d.labels = d.scores.cpu(), d.labels.cpu()
+        return dets
+
+    def postprocess(self, outputs: Any, metas: list[Any], *, conf: float = 0.25,
+                    iou: float = 0.45, max_det: int = 300, classes: Sequence[int] | None = None,
+                    agnostic: bool = False, **_: Any) -> list[list[Detection]]:
+        """Raw outputs → for each image its `Detection` list, highest score first."""
+        dets = self.detect(outputs, metas, conf=conf, iou=iou, max_det=max_det,
+                           classes=classes, agnostic=agnostic)
+        return [
+            [Detection(self.labels[c], c, s, box)
+             for box, s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(),
+                                  strict=True)]
+            for d in dets
+        ]

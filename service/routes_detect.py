@@ -1,0 +1,154 @@
+"""``POST /v1/detect``: object detection, as JSON or as an annotated image."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import Response
+from PIL import Image, ImageDraw, ImageFont
+from starlette.concurrency import run_in_threadpool
+
+from models.detection.predictor import Detection as DetectedObject
+from models.imaging import decode_image
+from service.deps import SettingsDep, StoreDep
+from service.errors import RequestError
+from service.inputs import prepare_uploads
+from service.schemas import Detection, DetectResponse, DetectResult, ErrorResponse, ModelRef
+from service.settings import Settings
+
+router = APIRouter()
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
+IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
+# Distinct, readable colours (Tableau 10), one per class id modulo 10.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+
+FilesParam = Annotated[list[UploadFile], File(
+    alias="file", description="one or more images (JPEG, PNG, WebP, BMP, TIFF, GIF)")]
+
+
+def parse_classes(values: list[str] | None, num_classes: int) -> list[int] | None:
+    """``["0,2", "5"]`` → ``[0, 2, 5]``; every id must be a class index of the model.
+
+    Raises:
+        RequestError: A value that is not an integer, or an id out of range (422).
+    """
+    if not values:
+        return None
+    ids: list[int] = []
+    for part in (p.strip() for v in values for p in v.split(",")):
+        if not part:
+            continue
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise RequestError(f"classes: expected comma-separated class ids (integers), "
+                               f"got {part!r}") from None
+    bad = [i for i in ids if not 0 <= i < num_classes]
+    if bad:
+        raise RequestError(f"classes: ids {bad} are out of range; the model has {num_classes} "
+                           f"classes (ids 0..{num_classes - 1})")
+    return ids or None
+
+
+def wants_image(request: Request, render: bool | None) -> str | None:
+    """The image media type to answer with, or None for JSON.
+
+    ``render`` decides when given (``true`` gives JPEG if ``Accept`` prefers it,
+    else PNG); otherwise an ``Accept`` that names image/png or image/jpeg before
+    application/json asks for the image.
+    """
+    if render is False:
+        return None
+    accept = [t.split(";")[0].strip().lower()
+              for t in request.headers.get("accept", "").split(",")]
+    first = next((t for t in accept if t in (*IMAGE_TYPES, "application/json")), None)
+    if first in IMAGE_TYPES:
+        return first
+    return "image/png" if render else None
+
+
+def render_detections(data: bytes, detections: list[DetectedObject], settings: Settings,
+                      media_type: str) -> bytes:
+    """Decode `data` at full size, draw boxes and labels, encode as `media_type`."""
+    decoded = decode_image(data, max_pixels=settings.max_image_pixels,
+                           max_bytes=settings.max_upload_bytes)  # no draft: original size
+    image = Image.fromarray(decoded.tensor.permute(1, 2, 0).contiguous().numpy())
+    draw = ImageDraw.Draw(image)
+    side = min(image.size)
+    line = max(2, round(side / 250))
+    font = ImageFont.load_default(size=max(12, round(side / 40)))
+    for det in detections:
+        colour = PALETTE[det.class_id % len(PALETTE)]
+        x1, y1, x2, y2 = det.box
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
+        text = f"{det.label} {det.score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        th = bottom - top + 2 * line
+        ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top edge
+        draw.rectangle([x1, ty, x1 + right - left + 2 * line, ty + th], fill=colour)
+        draw.text((x1 + line, ty + line - top), text, fill="white", font=font)
+    buf = io.BytesIO()
+    image.save(buf, IMAGE_TYPES[media_type], **({"quality": 90} if media_type == "image/jpeg"
+                                                  else {}))
+    return buf.getvalue()
+
+
+@router.post(
+    "/v1/detect", response_model=DetectResponse, tags=["inference"],
+    responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}},
+                               "description": "JSON detections, or the annotated image"}})
+async def detect(
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    files: FilesParam,
+    conf: Annotated[float, Query(ge=0, le=1, description="score threshold")] = 0.25,
+    iou: Annotated[float, Query(ge=0, le=1, description="NMS IoU threshold")] = 0.45,
+    max_det: Annotated[int, Query(ge=1, le=1000, description="detections per image")] = 300,
+    classes: Annotated[list[str] | None, Query(
+        description="keep only these class ids: comma-separated and/or repeated")] = None,
+    agnostic: Annotated[bool, Query(description="NMS across classes")] = False,
+    model: Annotated[str | None, Query(description="model name; default: the first loaded "
+                                                   "detection model")] = None,
+    render: Annotated[bool | None, Query(
+        description="return the image with boxes drawn (PNG, or JPEG with Accept: "
+                    "image/jpeg) instead of JSON; only the FIRST image of the request is "
+                    "drawn. Accept: image/png or image/jpeg asks for it too")] = None,
+) -> DetectResponse | Response:
+    """Detect objects in one or more uploaded images (multipart parts named ``file``).
+
+    Boxes are ``[x1, y1, x2, y2]`` in the pixels of the original, upright image.
+    """
+    served = store.get(model, "detect")
+    class_ids = parse_classes(classes, len(served.predictor.labels))
+    media_type = wants_image(request, render)
+    images = await prepare_uploads(files, served.predictor, settings,
+                                   pool=store.decode_pool, model=served.name)
+    metrics = request.app.state.metrics
+    for im in images:
+        metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
+                              brightness=im.brightness)
+    results = await served.infer([im.input for im in images], [im.meta for im in images],
+                                 conf=conf, iou=iou, max_det=max_det, classes=class_ids,
+                                 agnostic=agnostic)
+    metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])
+    if media_type is not None:
+        await files[0].seek(0)
+        data = await files[0].read()
+        body = await run_in_threadpool(render_detections, data, results[0], settings,
+                                       media_type)
+        return Response(body, media_type=media_type,
+                        headers={"X-Detections": str(len(results[0]))})
+    return DetectResponse(
+        model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
+        results=[
+            DetectResult(filename=im.filename, width=im.width, height=im.height,
+                         detections=[Detection(label=d.label, class_id=d.class_id,
+                                               score=d.score, box=d.box) for d in result])
+            for im, result in zip(images, results, strict=True)
+        ],
+    )
