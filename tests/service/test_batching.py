@@ -1,0 +1,253 @@
+"""Serving under load: micro-batching, back-pressure, timeouts and backend choice.
+
+HTTP behaviour goes through real uvicorn processes; backend selection is a unit
+test on a tiny model with a deliberately broken fast path. No test is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from models.backends import BUILDERS, select_backend
+from models.export import Manifest
+from models.predictor import ClassificationPredictor
+from models.preprocess import Preprocessing
+from models.sample_images import real_images
+
+IMAGENET_CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, bytes]:
+    from skimage import data
+
+    return {"chelsea": _jpeg(data.chelsea()), "coffee": _jpeg(data.coffee())}
+
+
+@pytest.fixture(scope="module")
+def classifier_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.defaults import default_classifier_export
+
+    return default_classifier_export(tmp_path_factory.mktemp("cache"), "efficientnet_lite0")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 if absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _burst(url: str, bodies: list[list[tuple[str, bytes]]], **params) -> list:
+    async with httpx.AsyncClient(timeout=120) as client:
+        return await asyncio.gather(*(
+            client.post(f"{url}/v1/classify", params=params,
+                        files=[("file", (name, data, "image/jpeg")) for name, data in body])
+            for body in bodies))
+
+
+@pytest.fixture(scope="module")
+def batching_server(start_server, classifier_export):
+    # A long max delay makes batching certain whenever requests overlap.
+    return start_server("--model", str(classifier_export),
+                        env={"OCELLUS_MAX_DELAY_MS": "200", "OCELLUS_MAX_BATCH_SIZE": "8",
+                             "OCELLUS_BACKEND": "auto"})
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers(batching_server,
+                                                                     photos) -> None:
+    url = batching_server.url
+    names = ["chelsea", "coffee"] * 8
+    for _ in range(5):  # bounded: batching needs requests to overlap, which is near certain
+        responses = asyncio.run(_burst(url, [[(f"{n}-{i}.jpg", photos[n])]
+                                             for i, n in enumerate(names)], top_k=1))
+        for i, (name, r) in enumerate(zip(names, responses, strict=True)):
+            assert r.status_code == 200, r.text
+            (result,) = r.json()["results"]
+            assert result["filename"] == f"{name}-{i}.jpg"
+            label = result["predictions"][0]["label"]
+            assert label in IMAGENET_CATS if name == "chelsea" else label == "espresso", label
+        text = httpx.get(f"{url}/metrics").text
+        count = _metric(text, "ocellus_batch_size_count", model="imagenet")
+        images = _metric(text, "ocellus_batch_size_sum", model="imagenet")
+        if count and images / count > 1:
+            break
+    assert count and images / count > 1, f"no batching: {images} images in {count} forwards"
+    assert _metric(text, "ocellus_inference_duration_seconds_count", model="imagenet",
+                   stage="forward") == count
+
+
+def test_multi_image_requests_are_not_split_wrongly(batching_server, photos) -> None:
+    order = ["coffee", "chelsea", "chelsea", "coffee", "coffee"]
+    multi = [(f"{n}.jpg", photos[n]) for n in order]
+    singles = [[("c.jpg", photos["chelsea"])]] * 6
+    responses = asyncio.run(_burst(batching_server.url, [multi, *singles, multi], top_k=1))
+    for r in (responses[0], responses[-1]):
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["filename"] for x in results] == [f"{n}.jpg" for n in order]
+        for name, x in zip(order, results, strict=True):
+            label = x["predictions"][0]["label"]
+            assert label in IMAGENET_CATS if name == "chelsea" else label == "espresso"
+    for r in responses[1:-1]:
+        assert r.json()["results"][0]["predictions"][0]["label"] in IMAGENET_CATS
+
+
+def test_models_report_the_backend_and_why(batching_server) -> None:
+    (model,) = httpx.get(f"{batching_server.url}/v1/models").json()["models"]
+    details = model["backend_details"]
+    assert model["backend"] == details["name"]
+    assert details["requested"] == "auto"
+    assert details["agreement"][details["name"]] >= 0.995
+    assert details["sample_images"] > 0 and "eager" in details["throughput"]
+
+
+def test_full_queue_answers_503_with_retry_after(start_server, classifier_export,
+                                                 photos) -> None:
+    server = start_server("--model", str(classifier_export),
+                          env={"OCELLUS_MAX_QUEUE": "2", "OCELLUS_MAX_BATCH_SIZE": "1",
+                               "OCELLUS_MAX_DELAY_MS": "0", "OCELLUS_BACKEND": "eager"})
+    body = [("c.jpg", photos["chelsea"])]
+    for _ in range(4):  # bounded: a burst of 32 against a queue of 2 overflows it
+        responses = asyncio.run(_burst(server.url, [body] * 32))
+        overloaded = [r for r in responses if r.status_code == 503]
+        if overloaded:
+            break
+    assert overloaded, [r.status_code for r in responses]
+    assert {r.status_code for r in responses} <= {200, 503}
+    assert any(r.status_code == 200 for r in responses)
+    r = overloaded[0]
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.json()["error"]["code"] == "overloaded"
+    text = httpx.get(f"{server.url}/metrics").text
+    assert _metric(text, "ocellus_rejected_requests_total", reason="overload") == len(overloaded)
+    # A request larger than the whole queue can never be served: 413, not a retry.
+    r = httpx.post(f"{server.url}/v1/classify", files=[("file", ("c.jpg", photos["chelsea"],
+                                                                  "image/jpeg"))] * 3)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_files", r.text
+
+
+def test_request_timeout_answers_503(start_server, classifier_export, photos) -> None:
+    # Any forward takes longer than 1 µs, so every request times out.
+    server = start_server("--model", str(classifier_export),
+                          env={"OCELLUS_REQUEST_TIMEOUT_S": "0.000001",
+                               "OCELLUS_BACKEND": "eager"})
+    r = httpx.post(f"{server.url}/v1/classify",
+                   files={"file": ("c.jpg", photos["chelsea"], "image/jpeg")}, timeout=60)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "timeout" and "Retry-After" in r.headers
+    text = httpx.get(f"{server.url}/metrics").text
+    assert _metric(text, "ocellus_rejected_requests_total", reason="timeout") == 1
+    assert server.alive()
+
+
+class _Tiny(nn.Module):
+    """(B, 3, 32, 32) → (B, 10) logits: a random conv net, enough to tell paths apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _tiny_predictor() -> ClassificationPredictor:
+    manifest = Manifest(task="classify", architecture={"name": "tiny"},
+                        labels=[str(i) for i in range(10)],
+                        preprocessing=Preprocessing(crop_size=32, resize_size=36).to_dict())
+    return ClassificationPredictor(_Tiny(), manifest)
+
+
+def _slow_eager(predictor, example):
+    """The eager reference, made slower so that every candidate is timed as faster."""
+    def forward(batch):
+        time.sleep(0.02)
+        return predictor.forward(batch)
+    return forward
+
+
+def _broken(predictor, example):
+    """A 'fast path' that is fast and wrong: it returns noise of the right shape."""
+    gen = torch.Generator().manual_seed(0)
+    return lambda batch: torch.randn(len(batch), len(predictor.labels), generator=gen)
+
+
+def test_auto_backend_falls_back_when_agreement_is_too_low() -> None:
+    predictor = _tiny_predictor()
+    samples = real_images(limit=24)
+    assert len(samples) == 24
+    _, report = select_backend(predictor, "auto", samples, batch_size=4,
+                               builders={"eager": _slow_eager, "broken": _broken})
+    assert report.throughput["broken"] > report.throughput["eager"]
+    assert report.name == "eager"
+    assert report.agreement["broken"] < 0.995
+    assert "broken agreement" in report.reason and "fell back" in report.reason
+
+
+def test_auto_backend_takes_a_fast_path_that_agrees() -> None:
+    predictor = _tiny_predictor()
+    fn, report = select_backend(predictor, "auto", real_images(limit=24), batch_size=4,
+                                builders={"eager": _slow_eager,
+                                          "broken": _broken,
+                                          "compiled": BUILDERS["compiled"]})
+    assert report.name == "compiled", report
+    assert report.agreement["compiled"] >= 0.995
+    x = torch.randn(3, 3, 32, 32)  # a batch size other than the traced one
+    torch.testing.assert_close(fn(x), predictor.forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_backend_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select_backend(_tiny_predictor(), "tensorrt", [])
+
+
+def test_graceful_shutdown_finishes_the_request_in_flight(start_server, classifier_export,
+                                                          photos) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Batches of one image: a 16-image request takes 16 forward passes.
+    server = start_server("--model", str(classifier_export),
+                          env={"OCELLUS_MAX_BATCH_SIZE": "1", "OCELLUS_BACKEND": "eager"})
+    files = [("file", (f"{i}.jpg", photos["coffee"], "image/jpeg")) for i in range(16)]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{server.url}/v1/classify", files=files, timeout=120)
+        for _ in range(600):  # bounded wait until the request is inside the batcher
+            text = httpx.get(f"{server.url}/metrics").text
+            if _metric(text, "ocellus_requests_in_flight") >= 1 or pending.done():
+                break
+            time.sleep(0.02)
+        assert not pending.done(), "the request finished before the shutdown began"
+        server.proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
+        r = pending.result()
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["filename"] for x in results] == [f"{i}.jpg" for i in range(16)]
+    assert all(x["predictions"][0]["label"] == "espresso" for x in results)
+    # uvicorn re-raises the signal once its shutdown is done.
+    assert server.proc.wait(60) in (0, -signal.SIGTERM)
