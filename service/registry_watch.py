@@ -1,0 +1,161 @@
+"""Serving from a model registry, with zero-downtime hot reload.
+
+A reload loads, verifies and warms the new version beside the old one (off
+the event loop), then switches with one dict assignment on the event loop's
+thread. Requests that already hold the old version finish on it: it is closed
+only `drain_seconds` later. A version that fails to load (bad hash, bad
+manifest, wrong task) is refused: the old version keeps serving, and the
+failure is logged and counted in ``ocellus_model_reloads_total{result="failure"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+from models.errors import ModelNotReadyError, TaskMismatchError, VersionRefusedError
+from models.export import read_manifest
+from models.registry import ModelRegistry
+from service.metrics import Metrics
+from service.model_store import ModelStore, ServedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReloadResult:
+    """What a reload did: ``"reloaded"`` (switched) or ``"unchanged"`` (already served)."""
+
+    name: str
+    version: str
+    status: str
+    previous: str | None = None
+
+
+class RegistryWatcher:
+    """Keeps `store` serving each registry name's current version.
+
+    Args:
+        registry: The registry to serve from.
+        store: The service's models.
+        metrics: Where loads and reloads are counted.
+        poll_seconds: How often `poll_forever` looks for a new ``current`` (0: never).
+        drain_seconds: How long a replaced version stays open after the switch.
+    """
+
+    def __init__(self, registry: ModelRegistry, store: ModelStore, metrics: Metrics, *,
+                 poll_seconds: float = 5.0, drain_seconds: float = 30.0) -> None:
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.poll_seconds = poll_seconds
+        self.drain_seconds = drain_seconds
+        # name → the version last refused, so polling does not retry (and recount) it
+        # every few seconds; an admin reload retries it.
+        self.refused: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._retiring: list[tuple[asyncio.TimerHandle, ServedModel]] = []
+
+    def _prepare(self, name: str, version: str, served: ServedModel | None) -> ServedModel:
+        """Blocking: verify and load `version`, refusing a change of task."""
+        path = self.registry.path(name, version)
+        manifest = read_manifest(path)
+        if served is not None and manifest.task != served.task:
+            raise TaskMismatchError(f"{name} version {version} is a {manifest.task!r} model, "
+                                    f"the served version {served.manifest.version} is "
+                                    f"{served.task!r}; a name keeps its task")
+        return self.store.prepare(path, name=name)
+
+    def load_initial(self) -> None:
+        """Blocking, at start-up: load every name's current version; log and count failures."""
+        if not self.registry.names():
+            log.warning("registry %s has no name with a current version: /readyz answers 503 "
+                        "until one is promoted (`ocellus registry ... publish --promote`)",
+                        self.registry.root)
+        for name in self.registry.names():
+            version = self.registry.current(name) or ""
+            try:
+                served = self._prepare(name, version, None)
+            except Exception as exc:  # any failure refuses this version, not the service
+                log.error("registry: %s version %s refused: %s", name, version, exc)
+                self.metrics.record_load(name, False)
+                self.refused[name] = version
+                continue
+            self.store.swap(served)  # before the service is ready: no request holds a model
+            self.metrics.record_load(name, True)
+
+    async def reload(self, name: str, *, force: bool = False) -> ReloadResult:
+        """Serve `name`'s current version if it is not served yet.
+
+        Args:
+            force: Retry a version that was refused before (the admin call does).
+
+        Raises:
+            ModelNotReadyError: The registry has no current version of `name`.
+            VersionRefusedError: The version failed to load; the old one still serves.
+        """
+        async with self._lock:
+            version = await anyio.to_thread.run_sync(self.registry.current, name)
+            if version is None:
+                raise ModelNotReadyError(f"the registry {self.registry.root} has no current "
+                                         f"version of {name!r}; names: {self.registry.names()}")
+            served = self.store.models.get(name)
+            if served is not None and served.path == self.registry.path(name, version):
+                return ReloadResult(name, version, "unchanged", served.manifest.version)
+            if not force and self.refused.get(name) == version:
+                raise VersionRefusedError(f"{name} version {version} was refused before")
+            try:
+                new = await anyio.to_thread.run_sync(self._prepare, name, version, served)
+            except Exception as exc:  # bad hash, manifest, task, weights: keep the old one
+                log.error("registry: %s version %s refused, %s: %s", name, version,
+                          "still serving version " + served.manifest.version if served
+                          else "nothing served", exc)
+                self.metrics.record_load(name, False, reload=True)
+                self.refused[name] = version
+                raise VersionRefusedError(
+                    f"{name} version {version} was refused and not served: {exc}") from exc
+            old = self.store.swap(new)
+            self.metrics.record_load(name, True, reload=True)
+            self.refused.pop(name, None)
+            if old is not None:
+                self._retire(old)
+            previous = old.manifest.version if old is not None else None
+            log.info("registry: %s switched from version %s to %s", name, previous, version)
+            return ReloadResult(name, version, "reloaded", previous)
+
+    async def rollback(self, name: str) -> ReloadResult:
+        """Point ``current`` back at the previous promotion and serve it."""
+        await anyio.to_thread.run_sync(
+            lambda: self.registry.rollback(name, reason="admin API"))
+        return await self.reload(name, force=True)
+
+    def _retire(self, old: ServedModel) -> None:
+        loop = asyncio.get_running_loop()
+
+        def close_later() -> None:
+            self._retiring[:] = [(h, m) for h, m in self._retiring if m is not old]
+            loop.run_in_executor(None, old.close)
+
+        self._retiring.append((loop.call_later(self.drain_seconds, close_later), old))
+
+    async def poll_forever(self) -> None:
+        """Reload every name whose ``current`` changed, every `poll_seconds`."""
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            for name in await anyio.to_thread.run_sync(self.registry.names):
+                try:
+                    await self.reload(name)
+                except VersionRefusedError:
+                    pass  # logged and counted once, when it was refused
+                except Exception:  # keep polling whatever one name does
+                    log.exception("registry: polling %s failed", name)
+
+    def close(self) -> None:
+        """Close the replaced versions still draining (at shutdown)."""
+        for handle, model in self._retiring:
+            handle.cancel()
+            model.close()
+        self._retiring.clear()

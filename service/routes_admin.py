@@ -1,0 +1,47 @@
+"""The admin API: reload or roll back a registry model without a restart.
+
+Off unless ``OCELLUS_ADMIN_TOKEN`` is set; each call needs that token as
+``Authorization: Bearer TOKEN``. ``GET /v1/models`` (in routes.py) lists what
+is served, with version, backend and path.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request
+
+from models.errors import RegistryError
+from service.auth import require_admin
+from service.registry_watch import RegistryWatcher
+from service.schemas import ErrorResponse, ReloadResponse
+
+router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[Depends(require_admin)])
+
+ERRORS = {status: {"model": ErrorResponse} for status in (401, 403, 404, 409)}
+NameParam = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="registry name")
+
+
+def _watcher(request: Request) -> RegistryWatcher:
+    watcher = getattr(request.app.state, "watcher", None)
+    if watcher is None:
+        raise RegistryError("this service does not serve from a registry: start it with "
+                            "`ocellus serve --registry DIR` (OCELLUS_REGISTRY)")
+    return watcher
+
+
+@router.post("/{name}/reload", response_model=ReloadResponse, responses=ERRORS)
+async def reload_model(request: Request, name: str = NameParam) -> ReloadResponse:
+    """Serve the registry's current version of `name` now (load, warm, then switch).
+
+    409 when the version fails to load; the old version keeps serving.
+    """
+    result = await _watcher(request).reload(name, force=True)
+    return ReloadResponse(name=result.name, version=result.version, status=result.status,
+                          previous=result.previous)
+
+
+@router.post("/{name}/rollback", response_model=ReloadResponse, responses=ERRORS)
+async def rollback_model(request: Request, name: str = NameParam) -> ReloadResponse:
+    """Point `name`'s ``current`` at the version promoted before it, and serve that."""
+    result = await _watcher(request).rollback(name)
+    return ReloadResponse(name=result.name, version=result.version, status=result.status,
+                          previous=result.previous)

@@ -1,0 +1,123 @@
+"""A real Prometheus (Debian's package) scrapes real Ocellus processes.
+
+Two replicas, one worker each: the supported way to run more than one process
+(docs/operations.md). Prometheus adds them up; no process needs another's metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def replicas(start_server, tiny_exports):
+    return [start_server("--model", str(tiny_exports[0])) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
+    """The repo's scrape config with its targets swapped for the replicas, at 1 s."""
+    if not Path(PROMETHEUS).exists():
+        pytest.fail("Debian's prometheus is missing: run `make system-deps`")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    job.pop("dns_sd_configs")
+    job["static_configs"] = [{"targets": [r.url.removeprefix("http://") for r in replicas]}]
+    job["scrape_interval"] = config["global"]["scrape_interval"] = "1s"
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{_free_port()}"
+    with open(tmp / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address={url.removeprefix('http://')}"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prometheus did not start:\n{(tmp / 'prometheus.log').read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _query(url: str, promql: str) -> list[dict]:
+    r = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "success", r.text
+    return r.json()["data"]["result"]
+
+
+def _wait_value(url: str, promql: str, want: float | None, timeout: float = 30) -> float:
+    """Poll until the query has one sample (equal to `want` when given); bounded."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        last = _query(url, promql)
+        if len(last) == 1:
+            value = float(last[0]["value"][1])
+            if (want is None and math.isfinite(value)) or value == want:
+                return value
+        time.sleep(0.5)
+    raise AssertionError(f"{promql}: wanted {want}, last result {last}")
+
+
+def _classify(server, n: int) -> None:
+    with httpx.Client(timeout=60) as client:
+        for _ in range(n):
+            r = client.post(f"{server.url}/v1/classify",
+                            files={"file": ("x.png", png_bytes(), "image/png")})
+            assert r.status_code == 200, r.text
+
+
+def test_prometheus_counts_requests_of_every_replica(prometheus, replicas) -> None:
+    a, b = replicas
+    assert _wait_value(prometheus, 'count(up{job="ocellus"} == 1)', 2) == 2
+    ok = 'sum(ocellus_http_requests_total{route="/v1/classify",status="200"})'
+    # Two bursts with a scrape between, so rate() over the window sees an increase.
+    _classify(a, 4)
+    _wait_value(prometheus, ok, 4)
+    _classify(a, 2)
+    _classify(b, 3)
+    assert _wait_value(prometheus, ok, 9) == 9
+    per_instance = {r["metric"]["instance"]: float(r["value"][1]) for r in _query(
+        prometheus, 'sum by (instance) (ocellus_http_requests_total{route="/v1/classify"})')}
+    assert sorted(per_instance.values()) == [3, 6]
+    p99 = _wait_value(prometheus, 'histogram_quantile(0.99, sum by (le) (rate('
+                      'ocellus_http_request_duration_seconds_bucket{route="/v1/classify"}[1m])))',
+                      None)
+    assert 0 < p99 < 60
+    assert _wait_value(prometheus, 'sum(ocellus_predictions_total{model="tiny"})', 9) == 9
+    assert _wait_value(prometheus, 'count(ocellus_model_info{model="tiny"})', 2) == 2

@@ -1,0 +1,103 @@
+"""``ocellus retrain``: promote a better candidate, keep the champion over a worse one."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli.main import main as ocellus
+from models.registry import ModelRegistry
+from training.retrain import EXIT_KEPT, EXIT_PROMOTED, decide
+
+pytestmark = pytest.mark.slow
+
+COLORS = {"blue": (30, 40, 200), "green": (30, 180, 40), "red": (210, 30, 30)}
+
+
+def color_tree(root: Path, per_class: int, seed: int, *, shuffle_labels: bool = False) -> Path:
+    """An ImageFolder of noisy solid-colour 32 px squares; labels optionally shuffled."""
+    rng = np.random.default_rng(seed)
+    items = [(name, rgb) for name, rgb in COLORS.items() for _ in range(per_class)]
+    folders = [name for name, _ in items]
+    if shuffle_labels:
+        random.Random(seed).shuffle(folders)
+    for i, ((_, rgb), folder) in enumerate(zip(items, folders, strict=True)):
+        pixels = np.clip(np.array(rgb) + rng.integers(-40, 40, (32, 32, 3)), 0, 255)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def registry_with_weak_champion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose current version barely trained (1 epoch at a tiny learning rate)."""
+    from training.classify.fit import get_args_parser, main
+
+    tmp = tmp_path_factory.mktemp("retrain")
+    data = color_tree(tmp / "data0", 10, seed=0)
+    export = tmp / "champion"
+    main(get_args_parser().parse_args([
+        "--data", str(data), "--out", str(export), "--backbone", "efficientnet_lite0",
+        "--mode", "feature-extract", "--epochs", "1", "--lr", "1e-6", "--img-size", "64",
+        "--batch-size", "16", "--augment", "none", "--name", "colors"]))
+    registry = ModelRegistry(tmp / "registry")
+    registry.promote("colors", registry.publish("colors", export))
+    return tmp
+
+
+def test_better_candidate_is_promoted_then_worse_one_refused(
+        registry_with_weak_champion: Path) -> None:
+    tmp = registry_with_weak_champion
+    registry = ModelRegistry(tmp / "registry")
+    eval_set = color_tree(tmp / "eval", 8, seed=99)
+    common = ["retrain", "--registry", str(tmp / "registry"), "--name", "colors",
+              "--eval-data", str(eval_set), "--epochs", "4", "--lr", "3e-3"]
+
+    report1 = tmp / "good.json"
+    code = ocellus([*common, "--data", str(color_tree(tmp / "good", 20, seed=1)),
+                    "--min-gain", "0.05", "--max-class-drop", "1.0",
+                    "--report", str(report1)])
+    good = json.loads(report1.read_text())
+    assert code == EXIT_PROMOTED, good
+    assert good["promote"] and good["promoted_version"] == "2"
+    assert good["candidate"]["top1"] >= good["champion"]["top1"] + 0.05
+    assert registry.current("colors") == "2"
+    assert registry.verify("colors", "2").provenance["retrained_from"] == "1"
+
+    report2 = tmp / "shuffled.json"
+    code = ocellus([*common, "--data", str(color_tree(tmp / "shuffled", 20, seed=2,
+                                                      shuffle_labels=True)),
+                    "--report", str(report2)])
+    bad = json.loads(report2.read_text())
+    assert code == EXIT_KEPT, bad
+    assert not bad["promote"] and bad["promoted_version"] is None
+    assert bad["candidate"]["top1"] < bad["champion"]["top1"], bad
+    assert bad["reasons"]
+    assert registry.current("colors") == "2"
+    assert registry.versions("colors") == ["1", "2"]
+
+
+def test_a_second_job_is_locked_out(registry_with_weak_champion: Path) -> None:
+    tmp = registry_with_weak_champion
+    registry = ModelRegistry(tmp / "registry")
+    with registry.lock("colors"):
+        code = ocellus(["retrain", "--registry", str(tmp / "registry"), "--name", "colors",
+                        "--data", str(tmp / "data0")])
+    assert code == 2
+
+
+def test_decision_floors() -> None:
+    champ = {"top1": 0.8, "per_class": {"a": {"recall": 0.9}, "b": {"recall": 0.7}}}
+    better = {"top1": 0.9, "per_class": {"a": {"recall": 1.0}, "b": {"recall": 0.8}}}
+    one_class_worse = {"top1": 0.9, "per_class": {"a": {"recall": 1.0}, "b": {"recall": 0.5}}}
+    kw = {"min_gain": 0.05, "min_class_recall": 0.0, "max_class_drop": 0.1}
+    assert decide(champ, better, **kw)["promote"]
+    verdict = decide(champ, one_class_worse, **kw)
+    assert not verdict["promote"] and "'b'" in verdict["reasons"][0]
+    assert not decide(champ, better, **{**kw, "min_gain": 0.2})["promote"]
+    assert not decide(champ, better, **{**kw, "min_class_recall": 0.85})["promote"]
