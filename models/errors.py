@@ -61,3 +61,19 @@ class RegistryError(OcellusError):
 
 class RegistryLockedError(RegistryError):
     """Another job holds the registry name's lock."""
+
+
+class VersionRefusedError(RegistryError):
+    """A registry version failed to load (bad hash, bad manifest, wrong task); the old serves."""
+
+
+class ServiceOverloadedError(OcellusError):
+    """The inference queue is full (or the service is stopping): retry after a pause."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InferenceTimeoutError(ServiceOverloadedError):
+    """A request waited longer than the request timeout for its results."""

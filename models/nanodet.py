@@ -334,9 +334,9 @@ def decode_nanodet(outputs: list[tuple[torch.Tensor, torch.Tensor]],
     consistent sign (mean +2 px), while an offset of 0 moves every box half a
     stride left in one and right in the other (mean -15 px). A side's distance
     is the expected value of the softmax over its ``reg_max + 1`` bins, times
-    the stride (the
-    same DFL decoding as `models.detection.detector.decode_boxes`). Boxes are
-    clipped to the input (the first level's size times its stride).
+    the stride (the same DFL decoding as `models.detection.detector.
+    decode_boxes`). Boxes are clipped to the input (the first level's size
+    times its stride).
 
     Args:
         outputs: ``NanoDet.forward`` output.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,43 +13,73 @@ import anyio
 import torch
 from fastapi import FastAPI
 
+from models.registry import ModelRegistry
+from service.auth import ApiKeyMiddleware, api_keys_of
+from service.batcher import ServingConfig
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, MetricsMiddleware
 from service.model_store import ModelStore
+from service.registry_watch import RegistryWatcher
 from service.routes import router
+from service.routes_admin import router as admin_router
+from service.routes_detect import router as detect_router
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 def model_paths(settings: Settings) -> list[Path]:
     """The exports to serve: the given ones, or the embedded defaults."""
-    if settings.models or not settings.default_models:
+    if settings.models or not settings.default_models or settings.registry:
         return list(settings.models)
-    from models.defaults import default_classifier_export
+    from models.defaults import default_classifier_export, default_detector_export
 
-    return [default_classifier_export(settings.cache_dir)]
+    # The detector needs the npm package (`make setup`); without it, a warning says so.
+    detector = default_detector_export(settings.cache_dir)
+    return [default_classifier_export(settings.cache_dir), *([detector] if detector else [])]
 
 
-def _load_all(store: ModelStore, settings: Settings) -> None:
+def _load_all(store: ModelStore, settings: Settings, metrics: Metrics,
+              watcher: RegistryWatcher | None) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     for path in model_paths(settings):
-        store.load(path)
+        metrics.record_load(store.load(path).name, True)
+    if watcher is not None:
+        watcher.load_initial()
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    store = ModelStore(device=settings.device)
+    # The inference and decode threads need the GIL for moments between long GIL-free
+    # stretches; at Python's default 5 ms switch interval the event loop thread keeps them
+    # waiting. 0.5 ms measured: p99 at concurrency 1 26.6 -> 17.8 ms, c=8 69 -> 83 req/s.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    metrics: Metrics = app.state.metrics
+    store = ModelStore(device=settings.device, serving=ServingConfig.from_settings(settings),
+                       metrics=metrics, decode_threads=settings.decode_threads)
     app.state.store = store
+    metrics.models.source = lambda: list(store.models.values())
+    watcher = app.state.watcher = RegistryWatcher(
+        ModelRegistry(settings.registry), store, metrics,
+        poll_seconds=settings.registry_poll_seconds,
+        drain_seconds=settings.reload_drain_seconds) if settings.registry else None
     # Loading is blocking work: off the event loop, so /healthz answers meanwhile.
-    await anyio.to_thread.run_sync(_load_all, store, settings)
+    await anyio.to_thread.run_sync(_load_all, store, settings, metrics, watcher)
+    poll = asyncio.create_task(watcher.poll_forever()) \
+        if watcher is not None and settings.registry_poll_seconds > 0 else None
     log.info("ready: %s", ", ".join(f"{m.name} ({m.task})" for m in store.models.values()))
     try:
         yield
     finally:
+        if poll is not None:
+            poll.cancel()
+        if watcher is not None:
+            watcher.close()
         store.close()
 
 
@@ -68,6 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.include_router(detect_router)
+    app.include_router(admin_router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       metrics=app.state.metrics)
+    app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

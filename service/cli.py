@@ -13,6 +13,9 @@ def get_args_parser(prog: str = "ocellus serve") -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, action="append", default=None,
                    help="an export directory; repeat for several. Default: the embedded "
                         "default models")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="serve every name's current version from this model registry, with "
+                        "hot reload (OCELLUS_REGISTRY)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--log-level", default=None)
     return p
@@ -25,7 +28,8 @@ def main(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "models": args.model,
-                                   "device": args.device, "log_level": args.log_level}.items()
+                                   "device": args.device, "log_level": args.log_level,
+                                   "registry": args.registry}.items()
                  if v is not None}
     settings = Settings(**overrides)
     app = create_app(settings)

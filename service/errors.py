@@ -15,11 +15,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import (
     ImageDecodeError,
+    ImageError,
     ImageTooLargeError,
+    InferenceTimeoutError,
     ModelNotReadyError,
     OcellusError,
+    RegistryError,
+    RegistryLockedError,
+    ServiceOverloadedError,
     TaskMismatchError,
     UnsupportedImageFormatError,
+    VersionRefusedError,
 )
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,12 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (ImageDecodeError, 400, "bad_image"),
     (TaskMismatchError, 400, "wrong_task"),
     (ModelNotReadyError, 404, "model_not_found"),
+    (RegistryLockedError, 409, "locked"),
+    (VersionRefusedError, 409, "version_refused"),
+    (RegistryError, 409, "registry_conflict"),
+    # Both are 503 + Retry-After: the fix for a client is the same (back off, retry).
+    (InferenceTimeoutError, 503, "timeout"),
+    (ServiceOverloadedError, 503, "overloaded"),
 ]
 
 
@@ -71,12 +83,28 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _count_rejection(request: Request, reason: str, *, decode_failure: bool = False) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.rejected.labels(reason).inc()
+        if decode_failure:
+            metrics.decode_failures.labels(reason).inc()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the same JSON shape."""
 
     @app.exception_handler(OcellusError)
     async def _domain(request: Request, exc: OcellusError) -> JSONResponse:
         status, code = status_of(exc)
+        if isinstance(exc, ImageError):
+            _count_rejection(request, exc.reason, decode_failure=True)
+        elif status == 413:
+            _count_rejection(request, "too_large")
+        elif isinstance(exc, ServiceOverloadedError):
+            _count_rejection(request, "timeout" if code == "timeout" else "overload")
+            return error_response(status, code, str(exc),
+                                  headers={"Retry-After": str(exc.retry_after)})
         return error_response(status, code, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -85,7 +113,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+        if exc.status_code == 413:  # a streamed body cut off at the limit
+            _count_rejection(request, "too_large")
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail),
                               headers=getattr(exc, "headers", None))

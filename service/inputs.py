@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +18,51 @@ from models.errors import ImageTooLargeError
 from models.imaging import decode_image
 from models.predictor import Predictor
 from service.errors import RequestError
+from service.metrics import Metrics
 from service.settings import Settings
+
+
+class DecodePool:
+    """The bounded thread pool that decodes and preprocesses uploads, off the event loop.
+
+    It counts the images it is working on: the batchers read `pending` to decide
+    whether waiting for a fuller batch is worth it.
+
+    Args:
+        threads: Pool size; 0 = half the cores, at least 1 (see `Settings.decode_threads`).
+        metrics: Where decode and preprocess times go.
+    """
+
+    def __init__(self, threads: int = 0, metrics: Metrics | None = None) -> None:
+        self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """Images submitted and not yet decoded and preprocessed."""
+        return self._pending
+
+    def _run(self, data: bytes, filename: str | None, predictor: Predictor,
+             settings: Settings, model: str) -> PreparedImage:
+        try:
+            return _prepare(data, filename, predictor, settings, self.metrics, model)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    async def prepare(self, data: bytes, filename: str | None, predictor: Predictor,
+                      settings: Settings, model: str) -> PreparedImage:
+        with self._lock:
+            self._pending += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, data, filename,
+                                          predictor, settings, model)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
 
 @dataclass
@@ -26,22 +74,39 @@ class PreparedImage:
     height: int
     input: torch.Tensor  # (3, S, S), the model's input
     meta: Any  # what postprocess needs to map results back (e.g. letterbox geometry)
+    nbytes: int = 0  # encoded size, for the input-drift metrics
+    brightness: float | None = None  # mean RGB value in [0, 1], for the input-drift metrics
 
 
 def _prepare(data: bytes, filename: str | None, predictor: Predictor,
-             settings: Settings) -> PreparedImage:
+             settings: Settings, metrics: Metrics | None = None,
+             model: str = "") -> PreparedImage:
+    started = time.perf_counter()
     decoded = decode_image(data, max_pixels=settings.max_image_pixels,
                            max_bytes=settings.max_upload_bytes,
                            target_size=predictor.input_size)
+    decoded_at = time.perf_counter()
     # The tensor may be a reduced decode of a large JPEG: boxes map back to the original.
     model_input, meta = predictor.preprocess(decoded.tensor,
                                              original_size=(decoded.width, decoded.height))
-    return PreparedImage(filename, decoded.width, decoded.height, model_input, meta)
+    if metrics is not None:
+        metrics.stage_duration.labels(model, "decode").observe(decoded_at - started)
+        metrics.stage_duration.labels(model, "preprocess").observe(
+            time.perf_counter() - decoded_at)
+    brightness = float(decoded.tensor.mean(dtype=torch.float32)) / 255.0
+    return PreparedImage(filename, decoded.width, decoded.height, model_input, meta,
+                         nbytes=len(data), brightness=brightness)
 
 
 async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
-                          settings: Settings) -> list[PreparedImage]:
+                          settings: Settings, *, pool: DecodePool | None = None,
+                          model: str | None = None) -> list[PreparedImage]:
     """Check limits, then decode and preprocess every part in the thread pool.
+
+    Args:
+        pool: The service's bounded decode pool (`ModelStore.decode_pool`); without
+            it, Starlette's default thread pool.
+        model: The model's served name, for the stage-time metrics.
 
     Raises:
         RequestError: Too many parts.
@@ -57,6 +122,10 @@ async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
                 f"{f.filename or 'upload'}: {f.size} bytes is over the limit of "
                 f"{settings.max_upload_bytes} bytes per file")
         payloads.append((await f.read(), f.filename))
+    if pool is None:
+        return list(await asyncio.gather(*(
+            run_in_threadpool(_prepare, data, name, predictor, settings)
+            for data, name in payloads)))
+    label = model or predictor.manifest.name
     return list(await asyncio.gather(*(
-        run_in_threadpool(_prepare, data, name, predictor, settings) for data, name in payloads
-    )))
+        pool.prepare(data, name, predictor, settings, label) for data, name in payloads)))

@@ -48,11 +48,14 @@ class BodySizeLimitMiddleware:
     cut off at the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def _reject(self, send: Send, length: int | None) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels("too_large").inc()
         got = f"{length} bytes" if length is not None else "more"
         body = json.dumps({"error": {
             "status": 413, "code": "too_large",

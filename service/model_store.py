@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +11,13 @@ from typing import Any
 
 import torch
 
+from models.backends import BackendReport, select_backend
 from models.errors import ModelNotReadyError, TaskMismatchError
 from models.predictor import Predictor
+from models.sample_images import real_images
+from service.batcher import BatchStats, MicroBatcher, ServingConfig
+from service.inputs import DecodePool
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +26,11 @@ _ROUTE_OF_TASK = {"classify": "/v1/classify", "detect": "/v1/detect"}
 
 @dataclass
 class ServedModel:
-    """A loaded predictor and the single thread its forward passes run on.
+    """A loaded predictor, its inference backend and its micro-batcher.
 
     Models are not assumed thread-safe, so every forward of one model runs on
-    its own one-thread executor, off the event loop.
+    its batcher's single thread, off the event loop; concurrent requests share
+    forward passes (service/batcher.py).
     """
 
     name: str
@@ -33,10 +38,37 @@ class ServedModel:
     predictor: Predictor
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(
         timespec="seconds"))
-    executor: ThreadPoolExecutor = field(init=False)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    metrics: Metrics | None = None
+    incoming: Callable[[], int] = lambda: 0  # images being decoded (DecodePool.pending)
+    backend_report: BackendReport | None = field(init=False, default=None)
+    batcher: MicroBatcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
+        m = self.metrics
+        stats = BatchStats() if m is None else BatchStats(
+            on_batch=self._record_batch, on_depth=m.queue_depth.labels(self.name).set)
+        c = self.serving
+        self.batcher = MicroBatcher(
+            self.name, self.predictor.forward, self.predictor.postprocess,
+            max_batch_size=c.max_batch_size, max_delay_ms=c.max_delay_ms,
+            max_queue=c.max_queue, timeout_s=c.timeout_s, incoming=self.incoming, stats=stats)
+
+    def _record_batch(self, n: int, queue_s: float, forward_s: float, post_s: float) -> None:
+        m = self.metrics
+        m.batch_size.labels(self.name).observe(n)
+        m.stage_duration.labels(self.name, "queue").observe(queue_s)
+        m.stage_duration.labels(self.name, "forward").observe(forward_s)
+        m.stage_duration.labels(self.name, "postprocess").observe(post_s)
+
+    @property
+    def backend(self) -> str:
+        """The inference backend's name (``eager`` until `warm_up` has chosen)."""
+        return self.backend_report.name if self.backend_report is not None else "eager"
+
+    def backend_details(self) -> dict[str, Any] | None:
+        """Why this backend: the measured img/s and agreements (for /v1/models)."""
+        return self.backend_report.to_dict() if self.backend_report is not None else None
 
     @property
     def manifest(self):
@@ -46,30 +78,59 @@ class ServedModel:
     def task(self) -> str:
         return self.manifest.task
 
-    def _run(self, inputs: list[torch.Tensor], metas: list[Any], options: dict) -> list[Any]:
-        outputs = self.predictor.forward(torch.stack(inputs))
-        return self.predictor.postprocess(outputs, metas, **options)
-
     async def infer(self, inputs: list[torch.Tensor], metas: list[Any], **options: Any
                     ) -> list[Any]:
-        """Preprocessed inputs of one request → one result per image."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._run, inputs, metas, options)
+        """Preprocessed inputs of one request → one result per image, batched with others.
+
+        Raises:
+            ServiceOverloadedError: The queue is full (HTTP 503 with Retry-After).
+            InferenceTimeoutError: No result within the request timeout (also 503).
+        """
+        gauge = self.metrics.in_flight if self.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            return await self.batcher.submit(inputs, metas, **options)
+        finally:
+            if gauge is not None:
+                gauge.dec()
 
     def warm_up(self) -> None:
-        """One forward at the input size, so the first request is not the slow one."""
-        size = self.predictor.input_size
-        self.predictor.forward(torch.zeros(1, 3, size, size))
+        """Choose the backend (measured on real photos), then run every batch size once.
+
+        TorchScript graphs profile their first runs per input shape, so each batch
+        size the batcher can form is run twice here rather than on a request.
+        """
+
+        def choose_and_warm() -> None:
+            samples = real_images(self.manifest) if self.serving.backend == "auto" else []
+            forward, self.backend_report = select_backend(
+                self.predictor, self.serving.backend, samples,
+                batch_size=self.serving.max_batch_size)
+            size = self.predictor.input_size
+            for n in range(1, self.serving.max_batch_size + 1):
+                for _ in range(2):
+                    forward(torch.zeros(n, 3, size, size))
+            self.batcher.forward = forward
+
+        self.batcher.run_sync(choose_and_warm)
+        log.info("%s: backend %s (%s)", self.name, self.backend, self.backend_report.reason)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        """Refuse new requests, finish the queued ones, stop the inference thread."""
+        self.batcher.close()
 
 
 class ModelStore:
     """Loaded models by name; `get` picks one for a task and explains refusals."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", *, serving: ServingConfig | None = None,
+                 metrics: Metrics | None = None, decode_threads: int = 0) -> None:
         self.device = device
+        self.serving = serving or ServingConfig()
+        self.metrics = metrics
+        # One decode pool for all models; the batchers read its backlog.
+        self.decode_pool = DecodePool(decode_threads, metrics)
         self.models: dict[str, ServedModel] = {}
 
     @property
@@ -78,16 +139,40 @@ class ModelStore:
 
     def load(self, path: Path) -> ServedModel:
         """Load, verify and warm up an export; it replaces a model of the same name."""
-        predictor = Predictor.from_export(path, device=self.device)
-        served = ServedModel(predictor.manifest.name, Path(path), predictor)
-        served.warm_up()
-        old = self.models.get(served.name)
-        self.models[served.name] = served
+        served = self.prepare(path)
+        old = self.swap(served)
         if old is not None:
             old.close()
-        log.info("loaded %s (task %s, version %s) from %s", served.name, served.task,
-                 predictor.manifest.version, path)
         return served
+
+    def prepare(self, path: Path, name: str | None = None) -> ServedModel:
+        """Load, verify and warm up an export without serving it yet (hot reload).
+
+        Blocking: call it off the event loop.
+        """
+        predictor = Predictor.from_export(path, device=self.device)
+        served = ServedModel(name or predictor.manifest.name, Path(path), predictor,
+                             serving=self.serving, metrics=self.metrics,
+                             incoming=lambda: self.decode_pool.pending)
+        try:
+            served.warm_up()
+        except BaseException:
+            served.close()
+            raise
+        return served
+
+    def swap(self, served: ServedModel) -> ServedModel | None:
+        """Serve `served` under its name, in one dict assignment.
+
+        Requests that already hold the replaced model keep it, so it is returned
+        still open: the caller closes it once they are done. Call it on the event
+        loop's thread, where `get` runs.
+        """
+        old = self.models.get(served.name)
+        self.models[served.name] = served
+        log.info("serving %s (task %s, version %s) from %s", served.name, served.task,
+                 served.manifest.version, served.path)
+        return old
 
     def get(self, name: str | None, task: str) -> ServedModel:
         """The model called `name`, or the first one of `task` when no name is given.
@@ -116,3 +201,4 @@ class ModelStore:
         for served in self.models.values():
             served.close()
         self.models.clear()
+        self.decode_pool.close()

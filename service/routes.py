@@ -52,6 +52,8 @@ async def list_models(store: StoreDep) -> ModelsResponse:
     return ModelsResponse(models=[
         ModelInfo(name=m.name, version=m.manifest.version, task=m.task,
                   device=str(m.predictor.device), loaded_at=m.loaded_at,
+                  backend=m.backend, backend_details=m.backend_details(),
+                  path=str(m.path),
                   manifest=m.manifest.to_dict())
         for m in store.models.values()
     ])
@@ -67,15 +69,21 @@ async def metrics(m: MetricsDep) -> Response:
 async def classify(
     store: StoreDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     files: FilesParam,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = 5,
     model: ModelParam = None,
 ) -> ClassifyResponse:
     """Classify one or more uploaded images (multipart parts named ``file``)."""
     served = store.get(model, "classify")
-    images = await prepare_uploads(files, served.predictor, settings)
+    images = await prepare_uploads(files, served.predictor, settings,
+                                   pool=store.decode_pool, model=served.name)
+    for im in images:
+        metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
+                              brightness=im.brightness)
     results = await served.infer([im.input for im in images], [im.meta for im in images],
                                  top_k=top_k)
+    metrics.observe_predictions(served.name, [(r[0].label, r[0].score) for r in results if r])
     return ClassifyResponse(
         model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
         results=[

@@ -56,11 +56,24 @@ class ModelInfo(BaseModel):
     task: str
     device: str
     loaded_at: str
+    backend: str = Field("eager", description="the inference backend that serves the model "
+                         "(eager, compiled, bf16)")
+    backend_details: dict[str, Any] | None = Field(
+        None, description="why this backend: measured img/s and agreement with eager fp32")
+    path: str = Field("", description="the export folder served (a registry version's folder "
+                                      "with --registry)")
     manifest: dict[str, Any]
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+class ReloadResponse(BaseModel):
+    name: str
+    version: str = Field(description="the version now served")
+    status: str = Field(description="reloaded (switched) or unchanged (already served)")
+    previous: str | None = Field(None, description="the version served before")
 
 
 class Status(BaseModel):

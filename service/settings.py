@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -28,13 +29,53 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "ocellus",
                             description="where default exports are built and kept")
     device: Literal["cpu", "cuda"] = "cpu"
+    # Threads (2-core box): the forward gets every core as intra-op threads, since it is
+    # ~85% of the CPU per image; decoding gets half the cores (1 here), enough to keep a
+    # batch ready while the forward runs without preempting its OpenMP threads.
     torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = one per core")
+    decode_threads: int = Field(0, ge=0, description="decode + preprocess thread pool; "
+                                "0 = half the cores, at least 1")
+    # Serving under load (service/batcher.py).
+    backend: Literal["auto", "eager", "compiled", "bf16"] = Field(
+        "auto", description="inference backend; auto = the fastest whose top-1 agrees with "
+        "fp32 on real images >= 99.5% (models/backends.py)")
+    max_batch_size: int = Field(8, gt=0, description="images per forward pass")
+    max_delay_ms: float = Field(5.0, ge=0, description="longest wait for a batch to fill, "
+                                "only while more images are being decoded")
+    max_queue: int = Field(256, gt=0, description="images waiting for a forward; more get "
+                           "503 with Retry-After")
+    request_timeout_s: float = Field(30.0, gt=0, description="longest wait for inference "
+                                     "results (queue + forward); then 503 with Retry-After")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="per file")
     max_image_pixels: int = Field(50_000_000, gt=0,
                                   description="width × height; larger is refused (413)")
     max_files: int = Field(16, gt=0, description="image parts per request")
     default_top_k: int = Field(5, gt=0)
     log_level: str = "info"
+    # Operations (docs/operations.md): registry, hot reload, admin API, API keys.
+    registry: Path | None = Field(
+        None, description="model registry folder: serve every name's current version")
+    registry_poll_seconds: float = Field(
+        5.0, ge=0, description="how often to look for a new `current`; 0 = only on "
+        "POST /v1/models/{name}/reload")
+    reload_drain_seconds: float = Field(
+        30.0, ge=0, description="a replaced version is closed this long after the switch, "
+        "so requests that already hold it finish on it")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the admin API; unset = the admin API is off")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="if set, /v1/ routes need one of these as "
+        "`Authorization: Bearer KEY` or `X-API-Key: KEY`")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        # OCELLUS_API_KEYS="k1,k2" as well as a JSON list.
+        if isinstance(v, str):
+            text = v.strip()
+            return json.loads(text) if text.startswith("[") else [
+                k.strip() for k in text.split(",") if k.strip()]
+        return v
 
     @field_validator("models", mode="before")
     @classmethod

@@ -110,3 +110,25 @@ def fashion_model(tmp_path_factory: pytest.TempPathFactory,
 def default_server(start_server) -> Iterator[Server]:
     """The service with no --model: the embedded default models."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def synth_detect_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 synth-detect images (96 train / 24 val), longest side 256 px."""
+    from training.data.synth_detect import synth_detect
+
+    return synth_detect(tmp_path_factory.mktemp("synth-detect") / "data", images=120, seed=0,
+                        img_size=256)
+
+
+@pytest.fixture(scope="session")
+def detector_export(tmp_path_factory: pytest.TempPathFactory,
+                    synth_detect_yaml: Path) -> tuple[Path, dict]:
+    """A detector export (efficientnet_lite0, 192 px) briefly trained by `ocellus train detect`."""
+    from training.detection.cli import get_args_parser, main
+
+    out = tmp_path_factory.mktemp("detector") / "garments"
+    args = get_args_parser().parse_args([
+        "--data", str(synth_detect_yaml), "--out", str(out), "--epochs", "10",
+        "--img-size", "192", "--batch-size", "8", "--no-progress"])
+    return out, main(args)

@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.ops import box_iou
 
+from models.detection.postprocess import postprocess
 from models.errors import WeightsUnavailableError
 from models.nanodet import (
     NanoDet,
@@ -31,7 +32,6 @@ from models.nanodet import (
     nanodet_files,
     nanodet_preprocessing,
 )
-from models.detection.postprocess import postprocess
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 REFERENCE = Path(__file__).parents[1] / "data" / "nanodet_reference.npz"
@@ -50,7 +50,8 @@ def imported() -> tuple[NanoDet, dict]:
     json_path, bin_path = nanodet_files(cache)
     if not (json_path.is_file() and bin_path.is_file()):
         # `make setup` fetches them, so in CI their absence is a failure, not a skip.
-        message = f"NanoDet files not in {json_path.parent}; run scripts/fetch-nanodet.sh"
+        message = (f"NanoDet files not in {json_path.parent}; "
+                   "run `make setup` (or scripts/fetch-nanodet.sh)")
         if os.environ.get("CI", "").lower() in ("1", "true"):
             pytest.fail(message)
         pytest.skip(message)
@@ -184,7 +185,7 @@ def test_decode_method_matches_decode_nanodet(imported, reference):
     want_boxes, want_probs = decode_nanodet(outputs)
     assert boxes.shape == (1, 52 * 52 + 26 * 26 + 13 * 13, 4) and probs.shape[-1] == 80
     assert torch.equal(boxes, want_boxes) and torch.equal(probs, want_probs)
-    assert 0 <= probs.min() and probs.max() <= 1
+    assert probs.min() >= 0 and probs.max() <= 1
     assert model.preprocessing == nanodet_preprocessing()
     assert model.preprocessing.mode == "letterbox" and model.preprocessing.crop_size == 416
 

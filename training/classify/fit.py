@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from models.backbones import list_backbones
 from models.classifier import ImageClassifier
-from models.export import Manifest, save_export
+from models.errors import ExportError
+from models.export import Manifest, load_export, save_export
 from models.predictor import ClassificationPredictor
 from training.classify.data import ImageListDataset, fingerprint, load_splits, train_transform
 from training.classify.evaluate import evaluate_classifier
@@ -68,6 +69,9 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--device", default="cpu")
     p.add_argument("--name", default=None, help="model name in the manifest")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="an export (same backbone) whose weights start training: its backbone, "
+                        "and its head when its labels are the data's (ocellus retrain)")
     return p
 
 
@@ -82,10 +86,10 @@ def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
                     device: torch.device, epoch: int, *, bf16: bool = False,
-                    deadline: float | None = None) -> float:
-    """One pass over `loader`; returns the mean training loss."""
+                    deadline: float | None = None) -> tuple[float, int]:
+    """One pass over `loader` (cut short at `deadline`); returns (mean loss, steps)."""
     model.train()
-    total, seen = 0.0, 0
+    total, seen, steps = 0.0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     for images, targets in bar:
         images = images.to(device, non_blocking=True).contiguous(
@@ -99,10 +103,26 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         scheduler.step()
         total += loss.item() * len(targets)
         seen += len(targets)
+        steps += 1
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if deadline is not None and time.monotonic() > deadline:
             break
-    return total / max(seen, 1)
+    return total / max(seen, 1), steps
+
+
+def init_from_export(model: ImageClassifier, path: Path, classes: list[str]) -> None:
+    """Load a verified export's weights into `model`; the head only if the labels match."""
+    source, manifest = load_export(path)
+    state = source.state_dict()
+    if list(manifest.labels) != list(classes):
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    result = model.load_state_dict(state, strict=False)
+    bad = result.unexpected_keys + [k for k in result.missing_keys if not k.startswith("head.")]
+    if bad:
+        raise ExportError(f"{path}: its weights do not fit backbone {model.backbone.name!r} "
+                          f"(architecture {manifest.architecture}); mismatched keys {bad[:5]}")
+    log.info("initialised from %s (%s)", path,
+             "backbone and head" if "head.weight" in state else "backbone only")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,6 +132,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     splits = load_splits(args.data, val_fraction=args.val_fraction, seed=args.seed)
     model = ImageClassifier(args.backbone, len(splits.classes), dropout=args.dropout,
                             backbone_weights=args.weights)
+    if getattr(args, "init_from", None):
+        init_from_export(model, args.init_from, splits.classes)
     pre = model.backbone.preprocessing
     pre = pre.with_size(args.img_size) if args.img_size else pre
     trainable = 0 if args.mode == "feature-extract" else args.trainable_stages
@@ -153,10 +175,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + args.time_budget * 60 if args.time_budget else None
     for epoch in range(start_epoch, args.epochs):
-        loss = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
+        loss, steps = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
                                bf16=args.bf16, deadline=deadline)
         metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
-        history.append({"epoch": epoch, "train_loss": loss, "val_top1": metrics["top1"],
+        history.append({"epoch": epoch, "steps": steps, "train_loss": loss,
+                        "val_top1": metrics["top1"],
                         "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
                         "minutes": (time.monotonic() - started) / 60})
         improved = metrics["top1"] > best
