@@ -95,7 +95,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -138,10 +139,10 @@ def save_export(model: nn.Module, out_dir: str | Path, manifest: Manifest) -> Ma
     try:
         _write_file_atomic(target / WEIGHTS_FILE, lambda fh: fh.write(blob))
         _write_file_atomic(target / MANIFEST_FILE, lambda fh: fh.write(text))
-        _fsync_dir(target)
+        fsync_dir(target)
         if fresh:
             os.replace(target, out_dir)
-            _fsync_dir(out_dir.parent)
+            fsync_dir(out_dir.parent)
     except BaseException:
         if fresh:
             shutil.rmtree(target, ignore_errors=True)

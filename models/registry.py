@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ExportError, RegistryError, RegistryLockedError
-from models.export import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest, sha256_file
+from models.export import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Manifest,
+    fsync_dir,
+    read_manifest,
+    sha256_file,
+)
 
 CURRENT_FILE = "current"
 HISTORY_FILE = "history.json"
@@ -44,14 +51,6 @@ def _check_part(kind: str, value: str) -> str:
     return value
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text`: temp file in the same folder, fsync, rename, fsync folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -64,7 +63,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -194,9 +193,9 @@ class ModelRegistry:
             with open(tmp / WEIGHTS_FILE, "rb+") as fh:
                 os.fsync(fh.fileno())
             write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, dest)
-            _fsync_dir(folder)
+            fsync_dir(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -12,12 +12,12 @@ cells, and the sha256 of the two source files.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import nanodet_source_files
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.ops import box_iou
@@ -29,7 +29,6 @@ from models.nanodet import (
     coco_class_names,
     decode_nanodet,
     import_nanodet,
-    nanodet_files,
     nanodet_preprocessing,
 )
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -46,16 +45,7 @@ def reference() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def imported() -> tuple[NanoDet, dict]:
-    cache = Path(os.environ.get("OCELLUS_CACHE_DIR", Path.home() / ".cache" / "ocellus"))
-    json_path, bin_path = nanodet_files(cache)
-    if not (json_path.is_file() and bin_path.is_file()):
-        # `make setup` fetches them, so in CI their absence is a failure, not a skip.
-        message = (f"NanoDet files not in {json_path.parent}; "
-                   "run `make setup` (or scripts/fetch-nanodet.sh)")
-        if os.environ.get("CI", "").lower() in ("1", "true"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return import_nanodet(json_path, bin_path)
+    return import_nanodet(*nanodet_source_files())
 
 
 def normalise(image_u8: torch.Tensor) -> torch.Tensor:

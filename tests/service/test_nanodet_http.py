@@ -12,17 +12,15 @@ Reference boxes were drawn by looking at the rendered output of each photo
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import nanodet_source_files
 from PIL import Image
 from torchvision.ops import box_iou
-
-from models.nanodet import nanodet_files
 
 DARKNET = Path("/usr/share/darknet/data")
 # Low enough for the horse of person.jpg: NanoDet scores it 0.37 but cow 0.49 on the
@@ -48,15 +46,7 @@ pytestmark = pytest.mark.slow
 
 
 def _npm_models_dir() -> Path:
-    cache = Path(os.environ.get("OCELLUS_CACHE_DIR", Path.home() / ".cache" / "ocellus"))
-    json_path, bin_path = nanodet_files(cache)
-    if not (json_path.is_file() and bin_path.is_file()):
-        # `make setup` fetches them, so in CI their absence is a failure, not a skip.
-        message = (f"NanoDet files not in {json_path.parent}; "
-                   "run `make setup` (or scripts/fetch-nanodet.sh)")
-        if os.environ.get("CI", "").lower() in ("1", "true"):
-            pytest.fail(message)
-        pytest.skip(message)
+    json_path, _ = nanodet_source_files()
     return json_path.parents[2]  # the cache's npm/ folder
 
 
