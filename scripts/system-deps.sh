@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests read real data from, and Prometheus. Idempotent: it
-# does nothing when they are present, and needs root (or sudo) otherwise.
+# Installs the Debian packages the tests read real data from (Fashion-MNIST, darknet's
+# photos), and Prometheus. Idempotent: it does nothing when they are present, and needs
+# root (or sudo) otherwise.
 set -euo pipefail
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
+# Real photos with COCO objects (dog.jpg, person.jpg, giraffe.jpg) and coco.names.
+[ -f /usr/share/darknet/data/dog.jpg ] || want+=(darknet)
 # tests/ops/test_prometheus.py starts a real Prometheus server.
 [ -x /usr/bin/prometheus ] || want+=(prometheus)
 [ -n "${want[*]:-}" ] || exit 0
