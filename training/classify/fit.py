@@ -13,7 +13,6 @@ of transfer learning:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -218,7 +217,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     manifest.provenance = {"backbone_weights": str(args.weights)}
     save_export(model, args.out, manifest)
-    (args.out / "history.json").write_text(json.dumps(history, indent=2))
     log.info("exported %s (val top-1 %.4f at epoch %d)", args.out, best_metrics["top1"],
              best_epoch + 1)
     return {"out": str(args.out), "top1": best_metrics["top1"], "best_epoch": best_epoch,

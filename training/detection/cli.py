@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import platform
 import time
@@ -125,7 +124,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                            "torch": torch.__version__, "python": platform.python_version(),
                            "checkpoint": str(result.best_path)}
     save_export(model, args.out, manifest)
-    (args.out / "history.json").write_text(json.dumps(history, indent=2))
     log.info("exported %s (val mAP50 %.4f, mAP50-95 %.4f)", args.out, report["map50"],
              report["map50_95"])
     return {"out": str(args.out), "map50": report["map50"], "map50_95": report["map50_95"],
