@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +45,10 @@ class ServedModel:
     incoming: Callable[[], int] = lambda: 0  # images being decoded (DecodePool.pending)
     backend_report: BackendReport | None = field(init=False, default=None)
     batcher: MicroBatcher = field(init=False)
+    # Requests between `ModelStore.use` and their response; a replaced version is
+    # closed when this reaches 0 (on the event loop's thread only, so no lock).
+    holders: int = field(init=False, default=0)
+    _idle: asyncio.Event | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         m = self.metrics
@@ -116,6 +122,23 @@ class ServedModel:
         self.batcher.run_sync(choose_and_warm)
         log.info("%s: backend %s (%s)", self.name, self.backend, self.backend_report.reason)
 
+    def release(self) -> None:
+        """A request that held this model is done (see `ModelStore.use`)."""
+        self.holders -= 1
+        if self.holders == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request holds this model; False if `timeout` seconds pass first."""
+        if self.holders == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def close(self) -> None:
         """Refuse new requests, finish the queued ones, stop the inference thread."""
         self.batcher.close()
@@ -165,14 +188,28 @@ class ModelStore:
         """Serve `served` under its name, in one dict assignment.
 
         Requests that already hold the replaced model keep it, so it is returned
-        still open: the caller closes it once they are done. Call it on the event
-        loop's thread, where `get` runs.
+        still open: the caller closes it once they are done (`ServedModel.drained`).
+        Call it on the event loop's thread, where `get` runs.
         """
         old = self.models.get(served.name)
         self.models[served.name] = served
         log.info("serving %s (task %s, version %s) from %s", served.name, served.task,
                  served.manifest.version, served.path)
         return old
+
+    @contextmanager
+    def use(self, name: str | None, task: str) -> Iterator[ServedModel]:
+        """`get`, held until the request is done: a replaced version drains on this count.
+
+        Use it on the event loop's thread (in the route), around all of the request's
+        work with the model: decoding, inference and the response.
+        """
+        served = self.get(name, task)
+        served.holders += 1
+        try:
+            yield served
+        finally:
+            served.release()
 
     def get(self, name: str | None, task: str) -> ServedModel:
         """The model called `name`, or the first one of `task` when no name is given.

@@ -3,15 +3,17 @@
 A reload loads, verifies and warms the new version beside the old one (off
 the event loop), then switches with one dict assignment on the event loop's
 thread. Requests that already hold the old version finish on it: it is closed
-only `drain_seconds` later. A version that fails to load (bad hash, bad
-manifest, wrong task) is refused: the old version keeps serving, and the
-failure is logged and counted in ``ocellus_model_reloads_total{result="failure"}``.
+when the last of them has answered (at most `drain_seconds` later). A version
+that fails to load (bad hash, bad manifest, wrong task) is refused: the old
+version keeps serving, and the failure is logged and counted in
+``ocellus_model_reloads_total{result="failure"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import anyio
@@ -43,7 +45,8 @@ class RegistryWatcher:
         store: The service's models.
         metrics: Where loads and reloads are counted.
         poll_seconds: How often `poll_forever` looks for a new ``current`` (0: never).
-        drain_seconds: How long a replaced version stays open after the switch.
+        drain_seconds: The longest a replaced version waits for the requests that
+            hold it before it is closed anyway (keep it above the request timeout).
     """
 
     def __init__(self, registry: ModelRegistry, store: ModelStore, metrics: Metrics, *,
@@ -57,7 +60,7 @@ class RegistryWatcher:
         # every few seconds; an admin reload retries it.
         self.refused: dict[str, str] = {}
         self._lock = asyncio.Lock()
-        self._retiring: list[tuple[asyncio.TimerHandle, ServedModel]] = []
+        self._retiring: dict[asyncio.Task, ServedModel] = {}
 
     def _prepare(self, name: str, version: str, served: ServedModel | None) -> ServedModel:
         """Blocking: verify and load `version`, refusing a change of task."""
@@ -133,13 +136,23 @@ class RegistryWatcher:
         return await self.reload(name, force=True)
 
     def _retire(self, old: ServedModel) -> None:
-        loop = asyncio.get_running_loop()
+        task = asyncio.get_running_loop().create_task(self._drain_and_close(old))
+        self._retiring[task] = old
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
-        def close_later() -> None:
-            self._retiring[:] = [(h, m) for h, m in self._retiring if m is not old]
-            loop.run_in_executor(None, old.close)
-
-        self._retiring.append((loop.call_later(self.drain_seconds, close_later), old))
+    async def _drain_and_close(self, old: ServedModel) -> None:
+        """Close `old` once no request holds it: none fails, and its memory goes at once."""
+        started, held = time.monotonic(), old.holders
+        drained = await old.drained(self.drain_seconds)
+        waited = time.monotonic() - started
+        if drained:
+            log.info("registry: %s version %s drained (%d request(s) held it) in %.2f s; "
+                     "closing it", old.name, old.manifest.version, held, waited)
+        else:
+            log.warning("registry: %s version %s still held by %d request(s) after %.0f s "
+                        "(OCELLUS_RELOAD_DRAIN_SECONDS); closing it", old.name,
+                        old.manifest.version, old.holders, waited)
+        await anyio.to_thread.run_sync(old.close)
 
     async def poll_forever(self) -> None:
         """Reload every name whose ``current`` changed, every `poll_seconds`."""
@@ -155,7 +168,7 @@ class RegistryWatcher:
 
     def close(self) -> None:
         """Close the replaced versions still draining (at shutdown)."""
-        for handle, model in self._retiring:
-            handle.cancel()
+        for task, model in list(self._retiring.items()):
+            task.cancel()
             model.close()
         self._retiring.clear()

@@ -75,21 +75,21 @@ async def classify(
     model: ModelParam = None,
 ) -> ClassifyResponse:
     """Classify one or more uploaded images (multipart parts named ``file``)."""
-    served = store.get(model, "classify")
-    images = await prepare_uploads(files, served.predictor, settings,
-                                   pool=store.decode_pool, model=served.name)
-    for im in images:
-        metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
-                              brightness=im.brightness)
-    results = await served.infer([im.input for im in images], [im.meta for im in images],
-                                 top_k=top_k)
-    metrics.observe_predictions(served.name, [(r[0].label, r[0].score) for r in results if r])
-    return ClassifyResponse(
-        model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
-        results=[
-            ClassifyResult(filename=im.filename, width=im.width, height=im.height,
-                           predictions=[Prediction(label=c.label, index=c.index, score=c.score)
-                                        for c in result])
-            for im, result in zip(images, results, strict=True)
-        ],
-    )
+    with store.use(model, "classify") as served:
+        images = await prepare_uploads(files, served.predictor, settings,
+                                       pool=store.decode_pool, model=served.name)
+        for im in images:
+            metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
+                                  brightness=im.brightness)
+        results = await served.infer([im.input for im in images], [im.meta for im in images],
+                                     top_k=top_k)
+        metrics.observe_predictions(served.name, [(r[0].label, r[0].score) for r in results if r])
+        return ClassifyResponse(
+            model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
+            results=[
+                ClassifyResult(filename=im.filename, width=im.width, height=im.height,
+                               predictions=[Prediction(label=c.label, index=c.index, score=c.score)
+                                            for c in result])
+                for im, result in zip(images, results, strict=True)
+            ],
+        )

@@ -123,32 +123,32 @@ async def detect(
 
     Boxes are ``[x1, y1, x2, y2]`` in the pixels of the original, upright image.
     """
-    served = store.get(model, "detect")
-    class_ids = parse_classes(classes, len(served.predictor.labels))
-    media_type = wants_image(request, render)
-    images = await prepare_uploads(files, served.predictor, settings,
-                                   pool=store.decode_pool, model=served.name)
-    metrics = request.app.state.metrics
-    for im in images:
-        metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
-                              brightness=im.brightness)
-    results = await served.infer([im.input for im in images], [im.meta for im in images],
-                                 conf=conf, iou=iou, max_det=max_det, classes=class_ids,
-                                 agnostic=agnostic)
-    metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])
-    if media_type is not None:
-        await files[0].seek(0)
-        data = await files[0].read()
-        body = await run_in_threadpool(render_detections, data, results[0], settings,
-                                       media_type)
-        return Response(body, media_type=media_type,
-                        headers={"X-Detections": str(len(results[0]))})
-    return DetectResponse(
-        model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
-        results=[
-            DetectResult(filename=im.filename, width=im.width, height=im.height,
-                         detections=[Detection(label=d.label, class_id=d.class_id,
-                                               score=d.score, box=d.box) for d in result])
-            for im, result in zip(images, results, strict=True)
-        ],
-    )
+    with store.use(model, "detect") as served:
+        class_ids = parse_classes(classes, len(served.predictor.labels))
+        media_type = wants_image(request, render)
+        images = await prepare_uploads(files, served.predictor, settings,
+                                       pool=store.decode_pool, model=served.name)
+        metrics = request.app.state.metrics
+        for im in images:
+            metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
+                                  brightness=im.brightness)
+        results = await served.infer([im.input for im in images], [im.meta for im in images],
+                                     conf=conf, iou=iou, max_det=max_det, classes=class_ids,
+                                     agnostic=agnostic)
+        metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])
+        if media_type is not None:
+            await files[0].seek(0)
+            data = await files[0].read()
+            body = await run_in_threadpool(render_detections, data, results[0], settings,
+                                           media_type)
+            return Response(body, media_type=media_type,
+                            headers={"X-Detections": str(len(results[0]))})
+        return DetectResponse(
+            model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
+            results=[
+                DetectResult(filename=im.filename, width=im.width, height=im.height,
+                             detections=[Detection(label=d.label, class_id=d.class_id,
+                                                   score=d.score, box=d.box) for d in result])
+                for im, result in zip(images, results, strict=True)
+            ],
+        )

@@ -59,8 +59,8 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how often to look for a new `current`; 0 = only on "
         "POST /v1/models/{name}/reload")
     reload_drain_seconds: float = Field(
-        30.0, ge=0, description="a replaced version is closed this long after the switch, "
-        "so requests that already hold it finish on it")
+        60.0, ge=0, description="a replaced version is closed when the last request that "
+        "holds it has answered, or after this long at most; keep it above the request timeout")
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the admin API; unset = the admin API is off")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

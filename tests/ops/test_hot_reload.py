@@ -87,8 +87,21 @@ def served(start_server, tiny_exports, tmp_path_factory):
     registry.promote("tiny", registry.publish("tiny", tiny_exports[0]))
     server = start_server("--registry", str(root), env={
         "OCELLUS_ADMIN_TOKEN": TOKEN, "OCELLUS_API_KEYS": KEY,
-        "OCELLUS_REGISTRY_POLL_SECONDS": "0.3", "OCELLUS_RELOAD_DRAIN_SECONDS": "5"})
+        "OCELLUS_REGISTRY_POLL_SECONDS": "0.3", "OCELLUS_RELOAD_DRAIN_SECONDS": "60"})
     return server, registry
+
+
+def _drained_line(server, version: str, timeout: float = 20) -> str:
+    """The log line saying `version` of tiny was closed after its last request."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        lines = [line for line in server.log.read_text().splitlines()
+                 if f"tiny version {version} drained" in line]
+        if lines:
+            return lines[0]
+        time.sleep(0.2)
+    raise AssertionError(f"version {version} not closed in {timeout}s:\n"
+                         f"{server.log.read_text()[-2000:]}")
 
 
 def _metric(url: str, line_prefix: str) -> float:
@@ -105,6 +118,9 @@ def test_promotion_under_load_switches_without_a_failure(served, tiny_exports) -
         loop.wait_for("1")
         registry.promote("tiny", registry.publish("tiny", tiny_exports[1]))  # polling finds it
         loop.wait_for("2")
+        # Closed when its last request answered, not after the 60 s drain bound.
+        drained = _drained_line(server, "1")
+        assert float(drained.rsplit(" in ", 1)[1].split(" s")[0]) < 10, drained
         # Bad versions: a corrupt weights file, then a change of task. Both refused.
         v3 = registry.publish("tiny", tiny_exports[0])
         _corrupt_weights(registry.path("tiny", v3))
