@@ -5,11 +5,14 @@
    training settings (its manifest's ``training.args``) on ``--data``.
 3. Evaluate champion and candidate with the same `Predictor` code on the same
    frozen evaluation set (``--eval-data``, else the val split of ``--data``):
-   top-1 and per-class recall.
+   top-1 for classifiers, COCO mAP50-95 for detectors, and per-class recall.
 4. Promote (publish, then atomically repoint ``current``) only when the
-   candidate's top-1 beats the champion's by ``--min-gain`` and no class falls
+   candidate's score beats the champion's by ``--min-gain`` and no class falls
    below its floor: ``max(--min-class-recall, champion recall - --max-class-drop)``.
 5. Write a JSON report of the decision.
+
+The task's side (what data look like, how to fit, how to score) lives in
+`training.classify.retrain` and `training.detection.retrain`.
 
 Exit codes: 0 promoted, 3 champion kept, 2 error (bad data, registry locked, ...).
 A job killed at any point leaves the registry valid: the candidate is trained
@@ -19,6 +22,7 @@ outside it, copied in with a rename, and ``current`` is replaced by a rename.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import shutil
@@ -27,22 +31,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.errors import DatasetError, RegistryError
-from models.export import Manifest
-from models.predictor import ClassificationPredictor, Predictor
+from models.errors import RegistryError
 from models.registry import ModelRegistry, write_text_atomic
-from training.classify.data import Sample, load_splits, scan_image_folder
-from training.classify.evaluate import evaluate_classifier
 
 log = logging.getLogger(__name__)
 
 EXIT_PROMOTED = 0
 EXIT_KEPT = 3
 EXIT_ERROR = 2
-# Champion settings a retrain inherits (names of `ocellus train classify` options).
-_INHERITED = ("backbone", "mode", "trainable_stages", "epochs", "batch_size", "img_size", "lr",
-              "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing",
-              "dropout", "augment", "patience", "val_fraction", "seed")
+_TASK_MODULES = {"classify": "training.classify.retrain", "detect": "training.detection.retrain"}
 
 
 def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
@@ -50,11 +47,15 @@ def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--registry", type=Path, required=True, help="model registry folder")
     p.add_argument("--name", required=True, help="registry name of the model to retrain")
-    p.add_argument("--data", type=Path, required=True, help="new ImageFolder training data")
+    p.add_argument("--data", type=Path, required=True,
+                   help="new training data: an ImageFolder (classifier) or a DATA.yaml "
+                        "(detector)")
     p.add_argument("--eval-data", type=Path, default=None,
-                   help="frozen ImageFolder evaluation set; default: the val split of --data")
+                   help="frozen evaluation set of the same kind (a detector's: the val split "
+                        "of a DATA.yaml); default: the val split of --data")
     p.add_argument("--min-gain", type=float, default=0.0,
-                   help="top-1 the candidate must add to the champion's to be promoted")
+                   help="score (top-1, or mAP50-95 for a detector) the candidate must add to "
+                        "the champion's to be promoted")
     p.add_argument("--min-class-recall", type=float, default=0.0,
                    help="absolute floor of every class's recall")
     p.add_argument("--max-class-drop", type=float, default=0.1,
@@ -70,16 +71,21 @@ def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
 
 
 def decide(champion: dict[str, Any], candidate: dict[str, Any], *, min_gain: float,
-           min_class_recall: float, max_class_drop: float) -> dict[str, Any]:
-    """Compare two `evaluate_classifier` results on the same set; pure, so it is unit-tested.
+           min_class_recall: float, max_class_drop: float, metric: str = "top1"
+           ) -> dict[str, Any]:
+    """Compare two scores of the same set; pure, so it is unit-tested.
+
+    Args:
+        champion, candidate: ``{metric: float, "per_class": {label: {"recall": float}}}``.
+        metric: The key to compare (``top1`` or ``map50_95``).
 
     Returns:
         ``{"promote", "gain", "reasons", "class_floors"}``.
     """
-    gain = candidate["top1"] - champion["top1"]
+    gain = candidate[metric] - champion[metric]
     reasons, floors = [], {}
     if gain < min_gain:
-        reasons.append(f"top-1 gain {gain:+.4f} is below --min-gain {min_gain}")
+        reasons.append(f"{metric} gain {gain:+.4f} is below --min-gain {min_gain}")
     for label, stats in champion["per_class"].items():
         floor = max(min_class_recall, stats["recall"] - max_class_drop)
         floors[label] = floor
@@ -89,38 +95,6 @@ def decide(champion: dict[str, Any], candidate: dict[str, Any], *, min_gain: flo
     return {"promote": not reasons, "gain": gain, "reasons": reasons, "class_floors": floors}
 
 
-def _eval_samples(args: argparse.Namespace, labels: list[str], val_fraction: float,
-                  seed: int) -> list[Sample]:
-    if args.eval_data is None:
-        return load_splits(args.data, val_fraction=val_fraction, seed=seed).val
-    root = args.eval_data / "val" if (args.eval_data / "val").is_dir() else args.eval_data
-    classes, samples = scan_image_folder(root)
-    if classes != labels:
-        raise DatasetError(f"{root}: the evaluation set has classes {classes}, the model "
-                           f"has {labels}")
-    return samples
-
-
-def _fit_argv(champion: Manifest, champion_path: Path, args: argparse.Namespace,
-              out: Path) -> list[str]:
-    """`ocellus train classify` arguments: the champion's settings, a few overrides."""
-    inherited = dict(champion.training.get("args", {}))
-    inherited.setdefault("backbone", champion.architecture["args"]["backbone"])
-    inherited.setdefault("dropout", champion.architecture["args"].get("dropout", 0.2))
-    inherited["img_size"] = champion.preprocessing.get("crop_size", inherited.get("img_size"))
-    for key in ("epochs", "lr"):
-        if getattr(args, key) is not None:
-            inherited[key] = getattr(args, key)
-    argv = ["--data", str(args.data), "--out", str(out), "--weights", "none",
-            "--init-from", str(champion_path), "--name", args.name, "--device", args.device]
-    for key in _INHERITED:
-        if inherited.get(key) is not None:
-            argv += [f"--{key.replace('_', '-')}", str(inherited[key])]
-    if args.time_budget is not None:
-        argv += ["--time-budget", str(args.time_budget)]
-    return argv
-
-
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(report, indent=2) + "\n")
@@ -128,9 +102,6 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
     """The job, under the name's lock; returns the report (also written to disk)."""
-    from training.classify.fit import get_args_parser as fit_parser
-    from training.classify.fit import main as fit_main
-
     registry = ModelRegistry(args.registry)
     started = datetime.now(UTC)
     report_path = args.report or (args.registry / args.name / "reports" /
@@ -142,41 +113,28 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                                 f"retrain; publish and promote one first")
         champion_path = registry.path(args.name, champion_version)
         champion_manifest = registry.verify(args.name, champion_version)
-        if champion_manifest.task != "classify":
+        if champion_manifest.task not in _TASK_MODULES:
             raise RegistryError(f"{args.name} is a {champion_manifest.task!r} model; ocellus "
-                                f"retrain handles classifiers")
-        labels = list(champion_manifest.labels)
-        data_classes = load_splits(args.data).classes
-        if data_classes != labels:
-            raise DatasetError(f"{args.data}: the new data have classes {data_classes}, the "
-                               f"served model has {labels}; a retrain keeps the label set")
-        t_args = champion_manifest.training.get("args", {})
-        eval_samples = _eval_samples(args, labels, t_args.get("val_fraction", 0.2),
-                                     t_args.get("seed", 0))
+                                f"retrain handles {sorted(_TASK_MODULES)}")
+        task = importlib.import_module(_TASK_MODULES[champion_manifest.task])
+        frozen, source = task.eval_set(args, champion_manifest)
         work = Path(tempfile.mkdtemp(prefix="ocellus-retrain-"))
         try:
             candidate_path = work / "candidate"
-            fit_args = fit_parser().parse_args(_fit_argv(champion_manifest, champion_path,
-                                                         args, candidate_path))
-            fit_main(fit_args)
-            # The same Predictor class, the same frozen samples, for both.
-            scores = {}
-            for role, path in (("champion", champion_path), ("candidate", candidate_path)):
-                predictor = Predictor.from_export(path, device=args.device)
-                if not isinstance(predictor, ClassificationPredictor):
-                    raise RegistryError(f"{path}: expected a classifier, got {predictor.task}")
-                scores[role] = evaluate_classifier(predictor, eval_samples)
+            task.fit_candidate(champion_manifest, champion_path, args, candidate_path)
+            # The same Predictor class, the same frozen evaluation set, for both.
+            scores = {role: task.score(path, frozen, args.device) for role, path in
+                      (("champion", champion_path), ("candidate", candidate_path))}
             decision = decide(scores["champion"], scores["candidate"], min_gain=args.min_gain,
                               min_class_recall=args.min_class_recall,
-                              max_class_drop=args.max_class_drop)
+                              max_class_drop=args.max_class_drop, metric=task.METRIC)
+            metric = task.METRIC
             report: dict[str, Any] = {
-                "name": args.name, "started_at": started.isoformat(timespec="seconds"),
-                "champion": {"version": champion_version, "top1": scores["champion"]["top1"],
-                             "per_class": scores["champion"]["per_class"]},
-                "candidate": {"top1": scores["candidate"]["top1"],
-                              "per_class": scores["candidate"]["per_class"]},
-                "eval": {"num_images": len(eval_samples),
-                         "source": str(args.eval_data or f"{args.data} (val split)")},
+                "name": args.name, "task": champion_manifest.task, "metric": metric,
+                "started_at": started.isoformat(timespec="seconds"),
+                "champion": {"version": champion_version, **scores["champion"]},
+                "candidate": scores["candidate"],
+                "eval": {"num_images": scores["champion"]["num_images"], "source": source},
                 "min_gain": args.min_gain, **decision, "promoted_version": None,
             }
             if decision["promote"] and not args.dry_run:
@@ -185,8 +143,8 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                                         f"not promoting over it")
                 version = registry.publish(args.name, candidate_path, extra={
                     "retrained_from": champion_version, "retrain_report": str(report_path)})
-                reason = (f"retrain: top-1 {scores['candidate']['top1']:.4f} vs "
-                          f"{scores['champion']['top1']:.4f} (v{champion_version})")
+                reason = (f"retrain: {metric} {scores['candidate'][metric]:.4f} vs "
+                          f"{scores['champion'][metric]:.4f} (v{champion_version})")
                 registry.promote(args.name, version, reason=reason)
                 report["promoted_version"] = version
                 log.info("promoted %s version %s (%s)", args.name, version, reason)

@@ -110,3 +110,18 @@ def test_train_resume_and_frozen_stages(tmp_path: Path) -> None:
     assert not torch.equal(trained["backbone.layer4.0.conv1.weight"],
                            init["backbone.layer4.0.conv1.weight"])
     assert ckpt["model_args"] == resumed.model_args == model.model_args
+
+
+def test_per_class_recall_counts_each_box_once_at_the_operating_point() -> None:
+    from training.detection.evaluate import per_class_recall
+
+    gt = {"boxes": torch.tensor([[0., 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]),
+          "labels": torch.tensor([0, 0, 1])}
+    pred = {"boxes": torch.tensor([[0., 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30],
+                                   [50, 50, 60, 60], [50, 50, 60, 60]]),
+            "scores": torch.tensor([0.9, 0.8, 0.1, 0.9, 0.9]),
+            "labels": torch.tensor([0, 0, 0, 0, 2])}
+    # Class 0: the duplicate cannot take the second box, and 0.1 is under conf;
+    # class 1: only wrong-class predictions overlap it; class 2 has no ground truth.
+    assert per_class_recall([pred], [gt], ["a", "b", "c"]) == {"a": 0.5, "b": 0.0}
+    assert per_class_recall([pred], [gt], ["a", "b", "c"], conf=0.05) == {"a": 1.0, "b": 0.0}

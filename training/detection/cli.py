@@ -28,7 +28,8 @@ from training.detection.fit import train_detector
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("num_images", "num_objects", "map50", "map50_95", "precision", "recall",
-               "per_class_ap", "per_class_ap50", "conf", "iou", "max_det")
+               "per_class_ap", "per_class_ap50", "per_class_recall", "recall_at", "conf", "iou",
+               "max_det")
 
 
 def get_args_parser(prog: str = "ocellus train detect") -> argparse.ArgumentParser:
@@ -60,6 +61,10 @@ def get_args_parser(prog: str = "ocellus train detect") -> argparse.ArgumentPars
     p.add_argument("--version", default="1", help="model version in the manifest")
     p.add_argument("--resume", type=Path, default=None,
                    help="a checkpoint (OUT/checkpoints/last.pt) to continue from")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="a detector export to start from (its tensors that fit)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="training minutes; stops after the epoch that passes them")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -92,7 +97,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, width=args.width,
         mosaic=args.mosaic, workers=args.workers, seed=args.seed, device=args.device,
-        resume=args.resume, progress=not args.no_progress)
+        resume=args.resume, init_from=args.init_from, time_budget=args.time_budget,
+        progress=not args.no_progress)
     model = result.model.cpu()
     manifest = Manifest(
         task="detect",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
 
 from models.detection.detector import Detector
 from models.detection.predictor import DetectionPredictor
@@ -32,6 +33,8 @@ from training.detection.dataset import (
 
 # COCO-style evaluation settings: a low threshold so the PR curve covers all recalls.
 EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.6, 100
+# Per-class recall is read at the service's default operating point (/v1/detect conf).
+RECALL_CONF, RECALL_IOU = 0.25, 0.5
 
 
 def _best_f1_point(precision: torch.Tensor) -> tuple[float, float] | None:
@@ -87,6 +90,38 @@ def detection_metrics(preds: list[dict[str, torch.Tensor]], targets: list[dict[s
     }
 
 
+def per_class_recall(preds: list[dict[str, torch.Tensor]],
+                     targets: list[dict[str, torch.Tensor]], names: Sequence[str], *,
+                     conf: float = RECALL_CONF, iou: float = RECALL_IOU) -> dict[str, float]:
+    """Share of each class's ground-truth boxes found at an operating point.
+
+    A box is found when a prediction of its class with score >= `conf` overlaps
+    it by IoU >= `iou`; predictions are matched greedily by score, each to one
+    box at most (as COCO matches). Classes without ground truth are left out.
+    """
+    found = torch.zeros(len(names))
+    total = torch.zeros(len(names))
+    for pred, target in zip(preds, targets, strict=True):
+        total += torch.bincount(target["labels"], minlength=len(names))[:len(names)].float()
+        keep = pred["scores"] >= conf
+        boxes, scores, labels = pred["boxes"][keep], pred["scores"][keep], pred["labels"][keep]
+        for c in target["labels"].unique().tolist():
+            gt = target["boxes"][target["labels"] == c]  # (M, 4)
+            mine = labels == c
+            if not bool(mine.any()):
+                continue
+            order = scores[mine].argsort(descending=True)
+            overlaps = box_iou(boxes[mine][order], gt)  # (P, M)
+            taken = torch.zeros(len(gt), dtype=torch.bool)
+            for row in overlaps:
+                row = row.masked_fill(taken, -1.0)
+                j = int(row.argmax())
+                if float(row[j]) >= iou:
+                    taken[j] = True
+            found[c] += float(taken.sum())
+    return {names[c]: float(found[c] / total[c]) for c in range(len(names)) if total[c] > 0}
+
+
 Sample = tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]
 """(uint8 image (3, h, w), original (width, height), xyxy boxes (N, 4) in original px, labels)."""
 
@@ -98,7 +133,8 @@ def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], 
     """Run the served predict path (preprocess, forward, postprocess) and score it.
 
     Returns:
-        `detection_metrics` plus ``num_images``, ``num_objects`` and the settings used.
+        `detection_metrics` plus ``num_images``, ``num_objects``, the settings used,
+        and ``per_class_recall`` at the served default operating point (``recall_at``).
     """
     preds: list[dict[str, torch.Tensor]] = []
     targets: list[dict[str, torch.Tensor]] = []
@@ -125,7 +161,9 @@ def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], 
         flush(batch)
     report = detection_metrics(preds, targets, predictor.labels)
     report.update(num_images=len(targets), num_objects=sum(len(t["labels"]) for t in targets),
-                  conf=conf, iou=iou, max_det=max_det)
+                  conf=conf, iou=iou, max_det=max_det,
+                  per_class_recall=per_class_recall(preds, targets, predictor.labels),
+                  recall_at={"conf": RECALL_CONF, "iou": RECALL_IOU})
     return report
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from models.detection.detector import Detector
-from models.errors import DatasetError
+from models.errors import DatasetError, ExportError
 from training.detection.augment import DetectionAugment
 from training.detection.dataset import YoloDetectionDataset, detection_collate, load_data_yaml
 from training.detection.evaluate import evaluate_detector
@@ -49,6 +49,8 @@ class DetectorTrainArgs:
     workers: int = 0
     seed: int = 0
     device: str = "cpu"
+    init_from: str | None = None  # an export whose weights start the run
+    time_budget: float | None = None  # minutes; training stops after the epoch that passes it
 
 
 @dataclass
@@ -106,6 +108,31 @@ def _checkpoint(model: Detector, optimizer, scheduler, epoch: int, args: Detecto
             "best_map50_95": best}
 
 
+def init_from_export(model: Detector, path: str | Path) -> None:
+    """Start from a verified detector export: every tensor whose name and shape fit.
+
+    A retrain keeps the label set, so everything transfers; an export with other
+    classes (or another head width) transfers what fits, as Ultralytics does, and
+    the rest keeps its fresh initialisation.
+
+    Raises:
+        ExportError: The export is not a detector on the same backbone.
+    """
+    from models.export import load_export
+
+    source, manifest = load_export(path)
+    theirs = manifest.architecture.get("args", {})
+    if manifest.architecture.get("name") != "detector" or \
+            theirs.get("backbone") != model.model_args["backbone"]:
+        raise ExportError(f"{path}: --init-from needs a detector export on backbone "
+                          f"{model.model_args['backbone']!r}, got {manifest.architecture}")
+    mine = model.state_dict()
+    fits = {k: v for k, v in source.state_dict().items()
+            if k in mine and mine[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
+    log.info("initialised from %s: %d/%d tensors transferred", path, len(fits), len(mine))
+
+
 def load_detector_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[Detector, dict]:
     """Rebuild the model of a checkpoint from the file alone; returns (model in eval mode, ckpt)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -120,7 +147,9 @@ def train_detector(data_yaml: str | Path, out_dir: str | Path, *,
                    epochs: int = 30, img_size: int = 320, batch_size: int = 16, lr: float = 2e-3,
                    weight_decay: float = 5e-4, warmup_epochs: float = 1.0, width: int = 64,
                    mosaic: float = 0.5, workers: int = 0, seed: int = 0, device: str = "cpu",
-                   resume: str | Path | None = None, progress: bool = True) -> DetectorTrainResult:
+                   resume: str | Path | None = None, init_from: str | Path | None = None,
+                   time_budget: float | None = None, progress: bool = True
+                   ) -> DetectorTrainResult:
     """Train a detector; write ``last.pt`` every epoch and ``best.pt`` at the best val mAP50-95.
 
     Args:
@@ -131,6 +160,8 @@ def train_detector(data_yaml: str | Path, out_dir: str | Path, *,
         freeze_backbone: Train the neck and head only (same as ``trainable_stages=0``).
         trainable_stages: Train only the top K backbone stages (None: all).
         resume: A ``last.pt`` to continue from (its model, optimizer, schedule, epoch).
+        init_from: A detector export to start from (the retraining job's champion).
+        time_budget: Minutes; training stops after the epoch in which they run out.
         progress: Show a tqdm progress bar.
 
     Raises:
@@ -144,7 +175,8 @@ def train_detector(data_yaml: str | Path, out_dir: str | Path, *,
         trainable_stages=0 if freeze_backbone else trainable_stages, epochs=epochs,
         img_size=img_size, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, width=width, mosaic=mosaic, workers=workers, seed=seed,
-        device=device)
+        device=device, init_from=None if init_from is None else str(init_from),
+        time_budget=time_budget)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = load_data_yaml(data_yaml)
@@ -156,7 +188,9 @@ def train_detector(data_yaml: str | Path, out_dir: str | Path, *,
     dev = torch.device(device)
 
     model = Detector(backbone, len(names), width=width, img_size=img_size,
-                     backbone_weights=None if resume else backbone_weights)
+                     backbone_weights=None if resume or init_from else backbone_weights)
+    if init_from is not None and resume is None:
+        init_from_export(model, init_from)
     model = model.to(dev, memory_format=torch.channels_last)
     if args.trainable_stages is not None:
         model.backbone.freeze(args.trainable_stages)
@@ -185,7 +219,11 @@ def train_detector(data_yaml: str | Path, out_dir: str | Path, *,
         start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best_map50_95", -1.0)
         log.info("resumed from %s at epoch %d", resume, start_epoch)
 
+    deadline = None if time_budget is None else time.monotonic() + time_budget * 60
     for epoch in range(start_epoch, epochs):
+        if deadline is not None and time.monotonic() > deadline:
+            log.info("time budget of %.1f min reached after %d epochs", time_budget, epoch)
+            break
         t0 = time.perf_counter()
         losses = train_one_epoch(model, loss_fn, loader, optimizer, scheduler, dev, epoch=epoch,
                                  progress=progress)

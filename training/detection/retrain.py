@@ -1,0 +1,91 @@
+"""The detector side of ``ocellus retrain``: fit a candidate, score an export.
+
+The candidate is fine-tuned from the champion's weights (`--init-from`) with the
+champion's own training settings (its manifest's ``training.args``) on the new
+DATA.yaml. Both are scored by COCO mAP50-95 through `DetectionPredictor` on one
+frozen split, with per-class recall at the served default operating point.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from models.errors import DatasetError, RegistryError
+from models.export import Manifest
+from models.predictor import Predictor
+from training.detection.dataset import load_data_yaml
+
+METRIC = "map50_95"
+# Champion settings a retrain inherits (names of `ocellus train detect` options).
+_INHERITED = ("backbone", "trainable_stages", "epochs", "img_size", "batch_size", "lr",
+              "weight_decay", "warmup_epochs", "width", "mosaic", "workers", "seed")
+
+
+def _check_names(yaml_path: Path, labels: list[str]) -> None:
+    names = load_data_yaml(yaml_path, check_labels=False).names
+    if list(names) != labels:
+        raise DatasetError(f"{yaml_path}: the data have classes {names}, the served model "
+                           f"has {labels}; a retrain keeps the label set (same names, same "
+                           f"order)")
+
+
+def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[Path, str]:
+    """The frozen evaluation split: ``--eval-data``'s val split, else ``--data``'s.
+
+    Raises:
+        DatasetError: A DATA.yaml whose class names are not the model's.
+        RegistryError: The champion is a detector ``ocellus train detect`` cannot
+            fine-tune (an imported one, such as the default NanoDet).
+    """
+    if champion.architecture.get("name") != "detector":
+        raise RegistryError(f"{champion.name} is an imported {champion.architecture.get('name')!r}"
+                            f" model, which `ocellus train detect` cannot fine-tune; retrain "
+                            f"a detector trained with `ocellus train detect`")
+    labels = list(champion.labels)
+    _check_names(args.data, labels)
+    if args.eval_data is None:
+        return args.data, f"{args.data} (val split)"
+    _check_names(args.eval_data, labels)
+    return args.eval_data, f"{args.eval_data} (val split)"
+
+
+def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namespace,
+                  out: Path) -> None:
+    """`ocellus train detect` from the champion's weights and settings, into `out`."""
+    from training.detection.cli import get_args_parser, main
+
+    inherited = dict(champion.training.get("args", {}))
+    model_args = champion.architecture["args"]
+    for key in ("backbone", "width", "img_size"):  # what the weights' shapes depend on
+        inherited[key] = model_args[key]
+    if inherited.get("freeze_backbone"):
+        inherited["trainable_stages"] = 0
+    for key in ("epochs", "lr"):
+        if getattr(args, key) is not None:
+            inherited[key] = getattr(args, key)
+    argv = ["--data", str(args.data), "--out", str(out), "--weights", "none",
+            "--init-from", str(champion_path), "--name", args.name, "--device", args.device,
+            "--no-progress"]
+    for key in _INHERITED:
+        if inherited.get(key) is not None:
+            argv += [f"--{key.replace('_', '-')}", str(inherited[key])]
+    if args.time_budget is not None:
+        argv += ["--time-budget", str(args.time_budget)]
+    main(get_args_parser().parse_args(argv))
+
+
+def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
+    """mAP50-95, mAP50 and per-class AP and recall of an export, as served."""
+    from training.detection.evaluate import evaluate_detection_data
+
+    predictor = Predictor.from_export(path, device=device)
+    if predictor.task != "detect":
+        raise RegistryError(f"{path}: expected a detector, got a {predictor.task!r} model")
+    r = evaluate_detection_data(predictor, data_yaml, split="val")
+    per_class = {name: {"recall": recall, "ap": r["per_class_ap"].get(name, 0.0)}
+                 for name, recall in r["per_class_recall"].items()}
+    return {"num_images": r["num_images"], "num_objects": r["num_objects"],
+            "map50_95": r["map50_95"], "map50": r["map50"], "per_class": per_class,
+            "recall_at": r["recall_at"]}
