@@ -9,6 +9,9 @@ want=()
 [ -f /usr/share/darknet/data/dog.jpg ] || want+=(darknet)
 # tests/ops/test_prometheus.py starts a real Prometheus server.
 [ -x /usr/bin/prometheus ] || want+=(prometheus)
+# tests/ops/test_deploy_config.py parses docker-compose.yml with a real compose CLI
+# (`config` needs no Docker engine).
+command -v docker-compose >/dev/null || command -v docker >/dev/null || want+=(docker-compose)
 [ -n "${want[*]:-}" ] || exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

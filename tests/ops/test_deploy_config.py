@@ -9,6 +9,7 @@ real Ocellus process exports.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -106,8 +107,11 @@ def test_compose_cli_accepts_the_file() -> None:
     """`docker compose config` parses without an engine; skipped where no compose CLI is."""
     cli = _compose_cli()
     if cli is None:
-        pytest.skip("no `docker compose` or `docker-compose` here (apt-get install "
-                    "docker-compose); the YAML checks above still ran")
+        message = ("no `docker compose` or `docker-compose` here (scripts/system-deps.sh "
+                   "installs Debian's docker-compose); the YAML checks above still ran")
+        if os.environ.get("CI", "").lower() in ("1", "true"):
+            pytest.fail(message)
+        pytest.skip(message)
     out = subprocess.run([*cli, "-f", str(REPO / "docker-compose.yml"), "--profile", "retrain",
                           "config", "--services"], capture_output=True, text=True, timeout=60,
                          cwd=REPO)
