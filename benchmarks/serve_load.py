@@ -6,7 +6,8 @@
    the backend Ocellus picks (``auto``), plus model-only eager fp32 (NCHW),
    eager channels_last and the fast path, for the fast path ÷ eager ratio.
 2. Ocellus through real HTTP on 127.0.0.1 at concurrency 1, 8 and 32 (closed
-   loop, benchmarks/loadgen.py, whose own CPU per request is printed).
+   loop, benchmarks/loadgen.py, whose own CPU per request is printed), then the
+   same with batch-size tuning off (always batches of up to 8), side by side.
 3. The same export served by LitServe and TorchServe (installed by
    benchmarks/rivals.py in venvs under ~/.cache/ocellus-bench), same load.
 4. Peak RSS of each server (sum of VmHWM over its process tree).
@@ -170,19 +171,22 @@ def load_levels(server: Served, request: bytes, seconds: float) -> dict:
     return results
 
 
-def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path) -> dict:
+def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
+                env: dict | None = None, soak: bool = True) -> dict:
     port = _port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--host", HOST, "--port", str(port),
            "--model", str(export), "--log-level", "warning"]
-    server = Served("ocellus", cmd, port, f"http://{HOST}:{port}/readyz", work / "ocellus.log")
+    server = Served("ocellus", cmd, port, f"http://{HOST}:{port}/readyz",
+                    work / f"ocellus-{len(list(work.glob('ocellus-*')))}.log", env)
     try:
         request = multipart_request("/v1/classify", f"{HOST}:{port}", "file", "c.jpg", jpeg)
         run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)  # warm-up
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
         # A longer soak at concurrency 32 for the RSS-growth goal.
-        soak = run_load(HOST, port, request, concurrency=32, seconds=3 * seconds, warmup=0)
-        served = sum(r.sent for r in levels.values()) + soak.sent
+        soaked = run_load(HOST, port, request, concurrency=32, seconds=3 * seconds,
+                          warmup=0).sent if soak else 0
+        served = sum(r.sent for r in levels.values()) + soaked
         models = httpx.get(f"http://{HOST}:{port}/v1/models").json()["models"]
         metrics = httpx.get(f"http://{HOST}:{port}/metrics").text
         total = {k: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -191,7 +195,8 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path) -> dict:
         return {"mean_batch": total["sum"] / max(1.0, total["count"]),
                 "levels": levels, "peak_mb": tree_memory_mb(server.proc.pid, "VmHWM"),
                 "rss_growth_mb": tree_memory_mb(server.proc.pid, "VmRSS") - rss_start,
-                "rss_requests": served, "backend": models[0].get("backend")}
+                "rss_requests": served, "backend": models[0].get("backend"),
+                "batching": models[0].get("batching")}
     finally:
         server.stop()
 
@@ -272,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
         results["ocellus"] = run_ocellus(args.export, jpeg, args.seconds, work)
+        # The same service with batch-size tuning off: it always fills batches of 8.
+        results["ocellus b8"] = run_ocellus(args.export, jpeg, args.seconds, work, soak=False,
+                                            env={"OCELLUS_TUNE_BATCH_SIZE": "false"})
         for rival in ("litserve", "torchserve"):
             if rival in args.skip:
                 continue
@@ -288,9 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     oc = results["ocellus"]
     best_raw = max(raw["e2e"].values())
     rps32 = oc["levels"][32].rps
-    print(f"\nOcellus backend: {oc['backend']}; mean batch {oc['mean_batch']:.2f} images; "
-          f"RSS growth {oc['rss_growth_mb']:+.1f} MB over "
+    print(f"\nOcellus backend: {oc['backend']}; batch size {oc['batching']['reason']} "
+          f"(measured img/s {oc['batching']['images_per_second']}); mean batch "
+          f"{oc['mean_batch']:.2f} images; RSS growth {oc['rss_growth_mb']:+.1f} MB over "
           f"{oc['rss_requests']} requests after warm-up")
+    untuned = results["ocellus b8"]
+    print(f"batch-size tuning: c=32 {rps32:.1f} req/s tuned vs {untuned['levels'][32].rps:.1f} "
+          f"always batch 8 (mean batch {untuned['mean_batch']:.2f}): "
+          f"{rps32 / untuned['levels'][32].rps:.2f}x")
     print(f"service ÷ raw (c=32 vs best raw e2e {best_raw:.1f}): {rps32 / best_raw:.2f}")
     for rival in ("litserve", "torchserve"):
         if rival in results:

@@ -64,12 +64,14 @@ class ServingConfig:
     max_delay_ms: float = 5.0
     max_queue: int = 256
     timeout_s: float = 30.0
+    tune_batch_size: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> ServingConfig:
         return cls(backend=settings.backend, max_batch_size=settings.max_batch_size,
                    max_delay_ms=settings.max_delay_ms, max_queue=settings.max_queue,
-                   timeout_s=settings.request_timeout_s)
+                   timeout_s=settings.request_timeout_s,
+                   tune_batch_size=settings.tune_batch_size)
 
 
 @dataclass

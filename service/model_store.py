@@ -17,6 +17,7 @@ from models.backends import BackendReport, select_backend
 from models.errors import ModelNotReadyError, TaskMismatchError
 from models.predictor import Predictor
 from models.sample_images import real_images
+from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
 from service.inputs import DecodePool
 from service.metrics import Metrics
@@ -44,6 +45,7 @@ class ServedModel:
     metrics: Metrics | None = None
     incoming: Callable[[], int] = lambda: 0  # images being decoded (DecodePool.pending)
     backend_report: BackendReport | None = field(init=False, default=None)
+    batch_report: BatchSizeReport | None = field(init=False, default=None)
     batcher: MicroBatcher = field(init=False)
     # Requests between `ModelStore.use` and their response; a replaced version is
     # closed when this reaches 0 (on the event loop's thread only, so no lock).
@@ -76,6 +78,13 @@ class ServedModel:
         """Why this backend: the measured img/s and agreements (for /v1/models)."""
         return self.backend_report.to_dict() if self.backend_report is not None else None
 
+    def batching(self) -> dict[str, Any]:
+        """The batch size served and, if tuned, the img/s measured per size (/v1/models)."""
+        if self.batch_report is not None:
+            return self.batch_report.to_dict()
+        return {"preferred": self.batcher.max_batch_size, "max": self.serving.max_batch_size,
+                "images_per_second": {}, "reason": "not tuned (OCELLUS_TUNE_BATCH_SIZE=false)"}
+
     @property
     def manifest(self):
         return self.predictor.manifest
@@ -102,10 +111,12 @@ class ServedModel:
                 gauge.dec()
 
     def warm_up(self) -> None:
-        """Choose the backend (measured on real photos), then run every batch size once.
+        """Choose the backend (measured on real photos), warm every batch size, pick one.
 
         TorchScript graphs profile their first runs per input shape, so each batch
-        size the batcher can form is run twice here rather than on a request.
+        size the batcher can form is run twice here rather than on a request. Then,
+        unless tuning is off, the batcher's batch size becomes the one this machine
+        serves fastest at (service/batch_tuning.py).
         """
 
         def choose_and_warm() -> None:
@@ -118,9 +129,15 @@ class ServedModel:
                 for _ in range(2):
                     forward(torch.zeros(n, 3, size, size))
             self.batcher.forward = forward
+            if self.serving.tune_batch_size and self.serving.max_batch_size > 1:
+                self.batch_report = preferred_batch_size(forward, size,
+                                                         self.serving.max_batch_size)
+                self.batcher.max_batch_size = self.batch_report.preferred
 
         self.batcher.run_sync(choose_and_warm)
-        log.info("%s: backend %s (%s)", self.name, self.backend, self.backend_report.reason)
+        log.info("%s: backend %s (%s); %s", self.name, self.backend, self.backend_report.reason,
+                 self.batch_report.reason if self.batch_report else
+                 f"batch size {self.batcher.max_batch_size} (not tuned)")
 
     def release(self) -> None:
         """A request that held this model is done (see `ModelStore.use`)."""

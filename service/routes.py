@@ -53,6 +53,7 @@ async def list_models(store: StoreDep) -> ModelsResponse:
         ModelInfo(name=m.name, version=m.manifest.version, task=m.task,
                   device=str(m.predictor.device), loaded_at=m.loaded_at,
                   backend=m.backend, backend_details=m.backend_details(),
+                  batching=m.batching(),
                   path=str(m.path),
                   manifest=m.manifest.to_dict())
         for m in store.models.values()

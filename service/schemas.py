@@ -60,6 +60,9 @@ class ModelInfo(BaseModel):
                          "(eager, compiled, bf16)")
     backend_details: dict[str, Any] | None = Field(
         None, description="why this backend: measured img/s and agreement with eager fp32")
+    batching: dict[str, Any] | None = Field(
+        None, description="the batch size served (preferred), the most allowed (max), and "
+        "the img/s measured per batch size that chose it")
     path: str = Field("", description="the export folder served (a registry version's folder "
                                       "with --registry)")
     manifest: dict[str, Any]

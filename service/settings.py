@@ -39,7 +39,10 @@ class Settings(BaseSettings):
     backend: Literal["auto", "eager", "compiled", "bf16"] = Field(
         "auto", description="inference backend; auto = the fastest whose top-1 agrees with "
         "fp32 on real images >= 99.5% (models/backends.py)")
-    max_batch_size: int = Field(8, gt=0, description="images per forward pass")
+    max_batch_size: int = Field(8, gt=0, description="images per forward pass, at most")
+    tune_batch_size: bool = Field(
+        True, description="at warm-up, measure img/s per batch size and batch at the largest "
+        "size within 10% of the fastest per image (service/batch_tuning.py)")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait for a batch to fill, "
                                 "only while more images are being decoded")
     max_queue: int = Field(256, gt=0, description="images waiting for a forward; more get "

@@ -70,10 +70,11 @@ async def _burst(url: str, bodies: list[list[tuple[str, bytes]]], **params) -> l
 
 @pytest.fixture(scope="module")
 def batching_server(start_server, classifier_export):
-    # A long max delay makes batching certain whenever requests overlap.
+    # A long max delay makes batching certain whenever requests overlap; batch-size
+    # tuning is off so that the batcher may form batches of up to 8 whatever it measures.
     return start_server("--model", str(classifier_export),
                         env={"OCELLUS_MAX_DELAY_MS": "200", "OCELLUS_MAX_BATCH_SIZE": "8",
-                             "OCELLUS_BACKEND": "auto"})
+                             "OCELLUS_BACKEND": "auto", "OCELLUS_TUNE_BATCH_SIZE": "false"})
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(batching_server,
@@ -251,3 +252,30 @@ def test_graceful_shutdown_finishes_the_request_in_flight(start_server, classifi
     assert all(x["predictions"][0]["label"] == "espresso" for x in results)
     # uvicorn re-raises the signal once its shutdown is done.
     assert server.proc.wait(60) in (0, -signal.SIGTERM)
+
+
+def test_batch_size_tuning_picks_the_largest_size_within_tolerance() -> None:
+    from service.batch_tuning import candidate_sizes, preferred_batch_size
+
+    assert candidate_sizes(8) == [1, 2, 4, 8] and candidate_sizes(6) == [1, 2, 4, 6]
+    assert candidate_sizes(1) == [1]
+
+    def forward(x: torch.Tensor) -> None:  # 2 ms per image up to batch 2, then 4 ms
+        time.sleep((0.002 if len(x) <= 2 else 0.004) * len(x))
+
+    report = preferred_batch_size(forward, 8, 8, rounds=2)
+    assert report.preferred == 2 and report.max == 8, report
+    assert set(report.images_per_second) == {1, 2, 4, 8}
+    assert report.images_per_second[2] > 1.5 * report.images_per_second[8]
+    flat = preferred_batch_size(lambda x: time.sleep(0.002 * len(x)), 8, 4, rounds=2)
+    assert flat.preferred == 4, flat  # no size is faster per image: the largest wins
+
+
+def test_served_models_report_the_batch_size_they_measured(default_server) -> None:
+    for model in httpx.get(f"{default_server.url}/v1/models").json()["models"]:
+        batching = model["batching"]
+        speeds = {int(b): v for b, v in batching["images_per_second"].items()}
+        assert set(speeds) == {1, 2, 4, 8} and batching["max"] == 8, batching
+        # The largest size within 10% of the fastest per image (service/batch_tuning.py).
+        within = [b for b, v in speeds.items() if v >= max(speeds.values()) / 1.1]
+        assert batching["preferred"] == max(within), batching
