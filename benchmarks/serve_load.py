@@ -172,7 +172,7 @@ def load_levels(server: Served, request: bytes, seconds: float) -> dict:
 
 
 def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
-                env: dict | None = None, soak: bool = True) -> dict:
+                env: dict | None = None, soak_seconds: float = 0.0) -> dict:
     port = _port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--host", HOST, "--port", str(port),
            "--model", str(export), "--log-level", "warning"]
@@ -184,8 +184,8 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
         # A longer soak at concurrency 32 for the RSS-growth goal.
-        soaked = run_load(HOST, port, request, concurrency=32, seconds=3 * seconds,
-                          warmup=0).sent if soak else 0
+        soaked = run_load(HOST, port, request, concurrency=32, seconds=soak_seconds,
+                          warmup=0).sent if soak_seconds else 0
         served = sum(r.sent for r in levels.values()) + soaked
         models = httpx.get(f"http://{HOST}:{port}/v1/models").json()["models"]
         metrics = httpx.get(f"http://{HOST}:{port}/metrics").text
@@ -243,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a classification export; default: the default classifier")
     p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     p.add_argument("--skip", nargs="*", default=[], choices=["litserve", "torchserve"])
+    p.add_argument("--soak-seconds", type=float, default=0.0,
+                   help="the RSS soak at concurrency 32 after the levels; default 3 x --seconds "
+                        "(about 180 s make 10k requests here)")
+    p.add_argument("--only-ocellus", action="store_true",
+                   help="skip the raw, untuned and rival runs: the service alone (a soak)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="intra-op threads for every contender (raw, Ocellus, LitServe, "
                         "TorchServe); 0 = torch's default (one per core). On a box shared "
@@ -264,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {args.export} | image: 640x480 JPEG ({len(jpeg)} bytes) | "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} | "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    if args.only_ocellus:
+        with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+            oc = run_ocellus(args.export, jpeg, args.seconds, Path(tmp),
+                             soak_seconds=args.soak_seconds or 3 * args.seconds)
+        print(f"ocellus c=32 {oc['levels'][32].rps:.1f} req/s; RSS growth "
+              f"{oc['rss_growth_mb']:+.1f} MB over {oc['rss_requests']} requests after "
+              f"warm-up; peak {oc['peak_mb']:.0f} MB")
+        return 0
     raw = raw_throughput(args.export, jpeg, args.seconds)
     print(f"\n(1) raw in-process, backend chosen: {raw['backend'].name} "
           f"({raw['backend'].reason})")
@@ -276,10 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
-        results["ocellus"] = run_ocellus(args.export, jpeg, args.seconds, work)
+        results["ocellus"] = run_ocellus(args.export, jpeg, args.seconds, work,
+                                         soak_seconds=args.soak_seconds or 3 * args.seconds)
         # The same service with batch-size tuning off: it always fills batches of 8.
-        results["ocellus b8"] = run_ocellus(args.export, jpeg, args.seconds, work, soak=False,
-                                            env={"OCELLUS_TUNE_BATCH_SIZE": "false"})
+        if not args.only_ocellus:
+            results["ocellus b8"] = run_ocellus(args.export, jpeg, args.seconds, work,
+                                                env={"OCELLUS_TUNE_BATCH_SIZE": "false"})
         for rival in ("litserve", "torchserve"):
             if rival in args.skip:
                 continue
@@ -300,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(measured img/s {oc['batching']['images_per_second']}); mean batch "
           f"{oc['mean_batch']:.2f} images; RSS growth {oc['rss_growth_mb']:+.1f} MB over "
           f"{oc['rss_requests']} requests after warm-up")
-    untuned = results["ocellus b8"]
-    print(f"batch-size tuning: c=32 {rps32:.1f} req/s tuned vs {untuned['levels'][32].rps:.1f} "
-          f"always batch 8 (mean batch {untuned['mean_batch']:.2f}): "
-          f"{rps32 / untuned['levels'][32].rps:.2f}x")
+    untuned = results.get("ocellus b8")
+    if untuned:
+        print(f"batch-size tuning: c=32 {rps32:.1f} req/s tuned vs {untuned['levels'][32].rps:.1f} "
+              f"always batch 8 (mean batch {untuned['mean_batch']:.2f}): "
+              f"{rps32 / untuned['levels'][32].rps:.2f}x")
     print(f"service ÷ raw (c=32 vs best raw e2e {best_raw:.1f}): {rps32 / best_raw:.2f}")
     for rival in ("litserve", "torchserve"):
         if rival in results:
