@@ -112,6 +112,10 @@ async def detect(
     classes: Annotated[list[str] | None, Query(
         description="keep only these class ids: comma-separated and/or repeated")] = None,
     agnostic: Annotated[bool, Query(description="NMS across classes")] = False,
+    multi_label: Annotated[bool | None, Query(
+        description="every class above conf at a location is a candidate, not only the "
+                    "best one; default: the model's own way (true for NanoDet, as upstream; "
+                    "false for the YOLO-style detector, as Ultralytics)")] = None,
     model: Annotated[str | None, Query(description="model name; default: the first loaded "
                                                    "detection model")] = None,
     render: Annotated[bool | None, Query(
@@ -134,7 +138,7 @@ async def detect(
                                   brightness=im.brightness)
         results = await served.infer([im.input for im in images], [im.meta for im in images],
                                      conf=conf, iou=iou, max_det=max_det, classes=class_ids,
-                                     agnostic=agnostic)
+                                     agnostic=agnostic, multi_label=multi_label)
         metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])
         if media_type is not None:
             await files[0].seek(0)

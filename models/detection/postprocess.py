@@ -33,10 +33,15 @@ class Detections:
 
 def postprocess(boxes: torch.Tensor, scores: torch.Tensor, *, conf: float = 0.25,
                 iou: float = 0.45, max_det: int = 300, classes: Sequence[int] | None = None,
-                agnostic: bool = False, max_candidates: int = 10_000) -> list[Detections]:
+                agnostic: bool = False, multi_label: bool = False,
+                max_candidates: int = 10_000) -> list[Detections]:
     """Turn per-anchor predictions into detections, one `Detections` per image.
 
-    Each anchor keeps its best class (one box per anchor, as at serving time).
+    By default each anchor keeps its best class (one box per anchor, as
+    Ultralytics predicts). With `multi_label`, every class above `conf` at an
+    anchor is a candidate, as upstream NanoDet's ``multiclass_nms`` does: where
+    two classes compete on one anchor (a horse NanoDet also half believes is a
+    cow) the runner-up is not lost; NMS per class still removes duplicates.
 
     Args:
         boxes: ``(B, A, 4)`` xyxy boxes.
@@ -47,6 +52,7 @@ def postprocess(boxes: torch.Tensor, scores: torch.Tensor, *, conf: float = 0.25
         classes: If given, keep only detections whose label is one of these.
         agnostic: Suppress overlapping boxes whatever their classes (by default
             NMS runs per class, so overlapping objects of different classes survive).
+        multi_label: One candidate per (anchor, class) above `conf`, not per anchor.
         max_candidates: At most this many boxes enter NMS (the highest scored),
             which bounds its cost on an untrained or very busy model.
     """
@@ -57,11 +63,18 @@ def postprocess(boxes: torch.Tensor, scores: torch.Tensor, *, conf: float = 0.25
     wanted = None if classes is None else torch.as_tensor(list(classes), device=scores.device)
     out: list[Detections] = []
     for b in range(boxes.shape[0]):
-        score, label = scores[b].max(dim=-1)  # (A,), (A,)
-        keep = score > conf
+        if multi_label:
+            anchor, label = (scores[b] > conf).nonzero(as_tuple=True)  # (K,), (K,)
+            score, box = scores[b][anchor, label], boxes[b][anchor]
+        else:
+            score, label = scores[b].max(dim=-1)  # (A,), (A,)
+            box = boxes[b]
+            keep = score > conf
+            score, label, box = score[keep], label[keep], box[keep]
         if wanted is not None:
-            keep &= torch.isin(label, wanted)
-        bx, sc, lb = boxes[b][keep].float(), score[keep].float(), label[keep]
+            keep = torch.isin(label, wanted)
+            score, label, box = score[keep], label[keep], box[keep]
+        bx, sc, lb = box.float(), score.float(), label
         if sc.numel() > max_candidates:
             top = sc.topk(max_candidates).indices
             bx, sc, lb = bx[top], sc[top], lb[top]

@@ -72,10 +72,21 @@ class DetectionPredictor(Predictor):
 
     Postprocess options (all keyword): ``conf`` (score threshold), ``iou`` (NMS
     IoU threshold), ``max_det`` (detections per image), ``classes`` (keep only
-    these class ids), ``agnostic`` (NMS across classes).
+    these class ids), ``agnostic`` (NMS across classes), ``multi_label`` (every
+    class above ``conf`` per anchor; None: the architecture's own way, see
+    `MULTI_LABEL`).
     """
 
     task = "detect"
+    # How each architecture's upstream turns scores into boxes: NanoDet's
+    # multiclass_nms keeps every class above the threshold per anchor; the
+    # YOLO-style detector predicts like Ultralytics, one best class per anchor.
+    MULTI_LABEL = {"nanodet": True}
+
+    @property
+    def multi_label(self) -> bool:
+        """The default of the ``multi_label`` option for this model."""
+        return self.MULTI_LABEL.get(self.manifest.architecture.get("name", ""), False)
 
     def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int] | None = None
                    ) -> tuple[torch.Tensor, DetectionMeta]:
@@ -124,12 +135,13 @@ class DetectionPredictor(Predictor):
 
     def detect(self, outputs: Any, metas: Sequence[DetectionMeta], *, conf: float = 0.25,
                iou: float = 0.45, max_det: int = 300, classes: Sequence[int] | None = None,
-               agnostic: bool = False) -> list[Detections]:
+               agnostic: bool = False, multi_label: bool | None = None) -> list[Detections]:
         """Raw outputs of a batch → per image `Detections` (tensors) in original pixels."""
         boxes, probs = self._decode(outputs)  # (B, A, 4) input px, (B, A, C)
         dets = postprocess(boxes, probs, conf=conf, iou=iou, max_det=max_det,
                            classes=None if classes is None else list(classes),
-                           agnostic=agnostic)
+                           agnostic=agnostic,
+                           multi_label=self.multi_label if multi_label is None else multi_label)
         for d, meta in zip(dets, metas, strict=True):
             d.boxes = meta.to_original(d.boxes.float().cpu())
             d.scores, d.labels = d.scores.cpu(), d.labels.cpu()
@@ -137,10 +149,11 @@ class DetectionPredictor(Predictor):
 
     def postprocess(self, outputs: Any, metas: list[Any], *, conf: float = 0.25,
                     iou: float = 0.45, max_det: int = 300, classes: Sequence[int] | None = None,
-                    agnostic: bool = False, **_: Any) -> list[list[Detection]]:
+                    agnostic: bool = False, multi_label: bool | None = None, **_: Any
+                    ) -> list[list[Detection]]:
         """Raw outputs → for each image its `Detection` list, highest score first."""
         dets = self.detect(outputs, metas, conf=conf, iou=iou, max_det=max_det,
-                           classes=classes, agnostic=agnostic)
+                           classes=classes, agnostic=agnostic, multi_label=multi_label)
         return [
             [Detection(self.labels[c], c, s, box)
              for box, s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(),

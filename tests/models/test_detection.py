@@ -153,6 +153,21 @@ def test_postprocess_conf_classes_and_max_det() -> None:
     assert len(det) == 0 and det.boxes.shape == (0, 4)
 
 
+def test_multi_label_keeps_every_class_above_conf_at_an_anchor() -> None:
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [40, 0, 50, 10]]])  # (1, 2, 4), disjoint
+    scores = torch.tensor([[[0.1, 0.6, 0.4], [0.3, 0.0, 0.0]]])  # anchor 0: cow 0.6, horse 0.4
+    [single] = postprocess(boxes, scores, conf=0.25)
+    assert single.labels.tolist() == [1, 0]  # the best class per anchor only
+    [multi] = postprocess(boxes, scores, conf=0.25, multi_label=True)
+    assert multi.labels.tolist() == [1, 2, 0]
+    assert multi.scores.tolist() == pytest.approx([0.6, 0.4, 0.3])
+    assert multi.boxes[1].tolist() == [0, 0, 10, 10]  # the runner-up keeps its anchor's box
+    [only] = postprocess(boxes, scores, conf=0.25, multi_label=True, classes=[2])
+    assert only.labels.tolist() == [2]
+    [agn] = postprocess(boxes, scores, conf=0.25, multi_label=True, agnostic=True)
+    assert agn.labels.tolist() == [1, 0]  # one box per place again
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
 def test_detector_shapes_and_rebuild_from_json_args(backbone: str) -> None:
     torch.manual_seed(0)
