@@ -101,3 +101,42 @@ def test_decision_floors() -> None:
     assert not verdict["promote"] and "'b'" in verdict["reasons"][0]
     assert not decide(champ, better, **{**kw, "min_gain": 0.2})["promote"]
     assert not decide(champ, better, **{**kw, "min_class_recall": 0.85})["promote"]
+
+
+def test_a_job_killed_at_any_point_leaves_the_registry_valid(
+        registry_with_weak_champion: Path) -> None:
+    """SIGKILL the job at spread-out moments (training, evaluation, publishing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp = registry_with_weak_champion
+    registry = ModelRegistry(tmp / "registry")
+    data = color_tree(tmp / "kill-data", 12, seed=5)
+    cmd = [sys.executable, "-m", "cli.main", "retrain", "--registry", str(tmp / "registry"),
+           "--name", "colors", "--data", str(data), "--epochs", "2", "--min-gain", "-1",
+           "--max-class-drop", "1.0"]
+    repo = Path(__file__).resolve().parents[2]
+    started = time.monotonic()
+    # A full run first (it promotes: --min-gain -1), to know how long a job takes.
+    assert subprocess.run(cmd, cwd=repo, capture_output=True, timeout=600).returncode == 0
+    duration = time.monotonic() - started
+    for fraction in (0.3, 0.6, 0.8, 0.9, 0.97):
+        proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(duration * fraction)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+        current = registry.current("colors")
+        assert current is not None
+        registry.verify("colors", current)  # hash and manifest check out
+        for version in registry.versions("colors"):
+            registry.verify("colors", version)  # no half-written version is listed
+        with registry.lock("colors"):  # the killed job's flock went with it
+            pass
+    print(f"job {duration:.1f} s; versions after the kills {registry.versions('colors')}, "
+          f"current {registry.current('colors')}")
+    # And the next job runs normally on what the killed ones left.
+    assert subprocess.run(cmd, cwd=repo, capture_output=True, timeout=600).returncode == 0
