@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -65,13 +66,15 @@ class ServingConfig:
     max_queue: int = 256
     timeout_s: float = 30.0
     tune_batch_size: bool = False
+    torch_threads: int = 0  # of each inference thread; 0 = torch's default
 
     @classmethod
     def from_settings(cls, settings: Any) -> ServingConfig:
         return cls(backend=settings.backend, max_batch_size=settings.max_batch_size,
                    max_delay_ms=settings.max_delay_ms, max_queue=settings.max_queue,
                    timeout_s=settings.request_timeout_s,
-                   tune_batch_size=settings.tune_batch_size)
+                   tune_batch_size=settings.tune_batch_size,
+                   torch_threads=settings.torch_threads or os.cpu_count() or 1)
 
 
 @dataclass
@@ -118,12 +121,13 @@ class MicroBatcher:
         timeout_s: The longest a request may wait for its results.
         incoming: Images being decoded now (they may join the next batch).
         stats: Metric callbacks.
+        threads: Intra-op threads of this batcher's thread (0: torch's default).
     """
 
     def __init__(self, name: str, forward: Forward, postprocess: Postprocess, *,
                  max_batch_size: int = 8, max_delay_ms: float = 5.0, max_queue: int = 256,
                  timeout_s: float = 30.0, incoming: Callable[[], int] = lambda: 0,
-                 stats: BatchStats | None = None) -> None:
+                 stats: BatchStats | None = None, threads: int = 0) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_delay_ms < 0 or timeout_s <= 0:
             raise ValueError(
                 f"need max_batch_size >= 1, max_queue >= 1, max_delay_ms >= 0 and "
@@ -142,6 +146,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._closing = False
         self._seconds_per_image = 0.01  # running estimate, for Retry-After
+        self.threads = threads
         self._thread = threading.Thread(target=self._loop, name=f"infer-{name}", daemon=True)
         self._thread.start()
 
@@ -253,6 +258,9 @@ class MicroBatcher:
             return batch
 
     def _loop(self) -> None:
+        if self.threads:
+            # OpenMP's team size is per calling thread: this one's forwards get all of them.
+            torch.set_num_threads(self.threads)
         while True:
             work = self._take_batch()
             if work is None:

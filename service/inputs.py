@@ -36,7 +36,10 @@ class DecodePool:
     def __init__(self, threads: int = 0, metrics: Metrics | None = None) -> None:
         self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        # One intra-op thread each: resizing one image gains nothing from an OpenMP
+        # team, and a team's spinning helper would take a core from the forward.
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode",
+                                            initializer=torch.set_num_threads, initargs=(1,))
         self._lock = threading.Lock()
         self._pending = 0
 

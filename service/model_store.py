@@ -60,7 +60,8 @@ class ServedModel:
         self.batcher = MicroBatcher(
             self.name, self.predictor.forward, self.predictor.postprocess,
             max_batch_size=c.max_batch_size, max_delay_ms=c.max_delay_ms,
-            max_queue=c.max_queue, timeout_s=c.timeout_s, incoming=self.incoming, stats=stats)
+            max_queue=c.max_queue, timeout_s=c.timeout_s, incoming=self.incoming, stats=stats,
+            threads=c.torch_threads)
 
     def _record_batch(self, n: int, queue_s: float, forward_s: float, post_s: float) -> None:
         m = self.metrics
