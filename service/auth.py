@@ -76,7 +76,7 @@ def api_keys_of(settings: Settings) -> list[str]:
     return keys
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """FastAPI dependency of the admin routes.
 
     Raises:
