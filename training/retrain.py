@@ -95,6 +95,30 @@ def decide(champion: dict[str, Any], candidate: dict[str, Any], *, min_gain: flo
     return {"promote": not reasons, "gain": gain, "reasons": reasons, "class_floors": floors}
 
 
+def fit_argv(inherited: dict[str, Any], keys: tuple[str, ...], args: argparse.Namespace,
+             champion_path: Path, out: Path) -> list[str]:
+    """A fit command's arguments: the champion's settings, then the job's overrides.
+
+    Args:
+        inherited: The champion's training options (its manifest's ``training.args``,
+            completed by the task from the architecture).
+        keys: The options a retrain inherits, by their ``--option`` names.
+        args: The job's arguments (``--epochs``, ``--lr``, ``--time-budget`` override).
+        champion_path: The export the candidate starts from.
+        out: Where the candidate's export goes.
+    """
+    settings = {**inherited, **{k: getattr(args, k) for k in ("epochs", "lr")
+                                if getattr(args, k) is not None}}
+    argv = ["--data", str(args.data), "--out", str(out), "--weights", "none",
+            "--init-from", str(champion_path), "--name", args.name, "--device", args.device]
+    for key in keys:
+        if settings.get(key) is not None:
+            argv += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if args.time_budget is not None:
+        argv += ["--time-budget", str(args.time_budget)]
+    return argv
+
+
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(report, indent=2) + "\n")

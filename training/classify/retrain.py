@@ -16,6 +16,7 @@ from models.export import Manifest
 from models.predictor import ClassificationPredictor, Predictor
 from training.classify.data import Sample, load_splits, scan_image_folder
 from training.classify.evaluate import evaluate_classifier
+from training.retrain import fit_argv
 
 METRIC = "top1"
 # Champion settings a retrain inherits (names of `ocellus train classify` options).
@@ -60,16 +61,7 @@ def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namesp
     inherited.setdefault("backbone", champion.architecture["args"]["backbone"])
     inherited.setdefault("dropout", champion.architecture["args"].get("dropout", 0.2))
     inherited["img_size"] = champion.preprocessing.get("crop_size", inherited.get("img_size"))
-    for key in ("epochs", "lr"):
-        if getattr(args, key) is not None:
-            inherited[key] = getattr(args, key)
-    argv = ["--data", str(args.data), "--out", str(out), "--weights", "none",
-            "--init-from", str(champion_path), "--name", args.name, "--device", args.device]
-    for key in _INHERITED:
-        if inherited.get(key) is not None:
-            argv += [f"--{key.replace('_', '-')}", str(inherited[key])]
-    if args.time_budget is not None:
-        argv += ["--time-budget", str(args.time_budget)]
+    argv = fit_argv(inherited, _INHERITED, args, champion_path, out)
     main(get_args_parser().parse_args(argv))
 
 

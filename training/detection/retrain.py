@@ -16,6 +16,7 @@ from models.errors import DatasetError, RegistryError
 from models.export import Manifest
 from models.predictor import Predictor
 from training.detection.dataset import load_data_yaml
+from training.retrain import fit_argv
 
 METRIC = "map50_95"
 # Champion settings a retrain inherits (names of `ocellus train detect` options).
@@ -62,18 +63,8 @@ def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namesp
         inherited[key] = model_args[key]
     if inherited.get("freeze_backbone"):
         inherited["trainable_stages"] = 0
-    for key in ("epochs", "lr"):
-        if getattr(args, key) is not None:
-            inherited[key] = getattr(args, key)
-    argv = ["--data", str(args.data), "--out", str(out), "--weights", "none",
-            "--init-from", str(champion_path), "--name", args.name, "--device", args.device,
-            "--no-progress"]
-    for key in _INHERITED:
-        if inherited.get(key) is not None:
-            argv += [f"--{key.replace('_', '-')}", str(inherited[key])]
-    if args.time_budget is not None:
-        argv += ["--time-budget", str(args.time_budget)]
-    main(get_args_parser().parse_args(argv))
+    argv = fit_argv(inherited, _INHERITED, args, champion_path, out)
+    main(get_args_parser().parse_args([*argv, "--no-progress"]))
 
 
 def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
