@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -74,7 +73,8 @@ class ServingConfig:
                    max_delay_ms=settings.max_delay_ms, max_queue=settings.max_queue,
                    timeout_s=settings.request_timeout_s,
                    tune_batch_size=settings.tune_batch_size,
-                   torch_threads=settings.torch_threads or os.cpu_count() or 1)
+                   # torch's default honours OMP_NUM_THREADS and counts physical cores.
+                   torch_threads=settings.torch_threads or torch.get_num_threads())
 
 
 @dataclass
