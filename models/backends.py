@@ -167,6 +167,21 @@ def _seconds_per_call(fn: Forward, batch: torch.Tensor, calls: int) -> float:
     return best
 
 
+def fastest_seconds(calls: dict[Any, Callable[[], Any]], rounds: int = 3) -> dict[Any, float]:
+    """Each call's fastest of `rounds` timed runs, the calls taking turns round by round.
+
+    Taking turns makes a burst of other load on the machine slow every candidate
+    alike instead of deciding which one looks fastest.
+    """
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
 def _run_batched(fn: Forward, inputs: torch.Tensor, batch_size: int) -> Any:
     outs = [fn(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     return _cat_outputs(outs)
@@ -224,15 +239,8 @@ def select_backend(predictor: Predictor, requested: str, samples: list[torch.Ten
             built[name] = fn
         except Exception as exc:  # noqa: BLE001 - a candidate that fails is not chosen
             log.info("backend %s unavailable: %s", name, exc)
-    # Timed in interleaved rounds, each keeping its fastest: a burst of other load on
-    # the machine then slows every candidate alike instead of deciding the choice.
-    best = dict.fromkeys(built, float("inf"))
-    for _ in range(3):
-        for name, fn in built.items():
-            start = time.perf_counter()
-            fn(probe)
-            best[name] = min(best[name], time.perf_counter() - start)
-    throughput = {name: batch_size / seconds for name, seconds in best.items()}
+    seconds = fastest_seconds({name: (lambda fn=fn: fn(probe)) for name, fn in built.items()})
+    throughput = {name: batch_size / t for name, t in seconds.items()}
     if not samples:
         return built["eager"], BackendReport("eager", "auto", "no real images to check "
                                              "agreement against", throughput)

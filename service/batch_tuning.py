@@ -18,12 +18,13 @@ batch spreads over more images.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from models.backends import fastest_seconds
 
 Forward = Callable[[torch.Tensor], Any]
 TOLERANCE = 0.1
@@ -65,12 +66,8 @@ def preferred_batch_size(forward: Forward, input_size: int, max_batch_size: int,
     """
     sizes = candidate_sizes(max_batch_size)
     inputs = {b: torch.zeros(b, 3, input_size, input_size) for b in sizes}
-    per_image = dict.fromkeys(sizes, float("inf"))
-    for _ in range(rounds):
-        for b in sizes:
-            start = time.perf_counter()
-            forward(inputs[b])
-            per_image[b] = min(per_image[b], (time.perf_counter() - start) / b)
+    seconds = fastest_seconds({b: (lambda b=b: forward(inputs[b])) for b in sizes}, rounds)
+    per_image = {b: seconds[b] / b for b in sizes}
     best = min(per_image.values())
     chosen = max(b for b in sizes if per_image[b] <= best * (1 + tolerance))
     fastest = min(sizes, key=per_image.__getitem__)
