@@ -203,7 +203,10 @@ class ModelRegistry:
 
     def promote(self, name: str, version: str, *, verify: bool = True,
                 reason: str = "") -> None:
-        """Make `version` current: history first, then the ``current`` pointer.
+        """Make `version` current: the ``current`` pointer first, then the history.
+
+        ``current`` is the commit point: a crash between the two writes leaves
+        the promotion done and merely unrecorded, which `_stack` accounts for.
 
         Args:
             verify: Check the manifest and the weights hash first (a service
@@ -214,8 +217,8 @@ class ModelRegistry:
         elif not self.path(name, version).is_dir():
             raise RegistryError(f"{name} has no version {version!r}")
         with self._history_lock(name):
-            self._append(name, "promote", version, reason)
             write_text_atomic(self.root / name / CURRENT_FILE, version + "\n")
+            self._append(name, "promote", version, reason)
 
     def rollback(self, name: str, *, reason: str = "") -> str:
         """Make the version promoted before the current one current again.
@@ -243,8 +246,8 @@ class ModelRegistry:
                 raise RegistryError(f"{name}: no earlier valid promotion to roll back to "
                                     f"(history: {[e.get('version') for e in self.history(name)]})")
             target = stack[-1]
-            self._append(name, "rollback", target, reason)
             write_text_atomic(self.root / name / CURRENT_FILE, target + "\n")
+            self._append(name, "rollback", target, reason)
         return target
 
     @contextmanager
@@ -296,8 +299,13 @@ class ModelRegistry:
                 if not stack:
                     stack.append(version)
         current = self.current(name)
-        if current is not None and (not stack or stack[-1] != current):
-            stack.append(current)  # ``current`` was edited by hand: it still counts
+        if current in stack:
+            # Entries past ``current`` never took effect (a writer that crashed after
+            # the history but before ``current``, as promote did before it wrote
+            # ``current`` first), or ``current`` was set back by hand: drop them.
+            del stack[len(stack) - stack[::-1].index(current):]
+        elif current is not None:
+            stack.append(current)  # a promotion whose history write never happened
         return stack
 
     def _task_or_none(self, name: str, version: str | None) -> str | None:

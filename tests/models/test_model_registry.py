@@ -77,3 +77,52 @@ def test_names_are_checked_and_locks_exclusive(tmp_path: Path, export: Path) -> 
         pass
     with pytest.raises(RegistryError, match="immutable"):
         reg.publish("m", export, version=reg.publish("m", export))
+
+
+_PROMOTE_THEN_DIE = """
+import os, signal, sys
+from models.registry import ModelRegistry
+
+real_replace = os.replace
+
+def replace_then_die(src, dst):  # the process dies right after its first committed write
+    real_replace(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_die
+ModelRegistry(sys.argv[1]).promote("m", sys.argv[2])
+"""
+
+
+def test_a_promote_killed_between_its_writes_rolls_back_correctly(
+        tmp_path: Path, export: Path) -> None:
+    """``current`` is the commit point: whatever the kill left, rollback is right."""
+    import signal
+    import subprocess
+    import sys
+
+    reg = ModelRegistry(tmp_path)
+    for version in ("1", "2", "3"):
+        reg.publish("m", export, version=version)
+    reg.promote("m", "1")
+    reg.promote("m", "2")
+    proc = subprocess.run([sys.executable, "-c", _PROMOTE_THEN_DIE, str(tmp_path), "3"],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert reg.current("m") == "3"  # committed; only its history entry is missing
+    assert [e["version"] for e in reg.history("m")] == ["1", "2"]
+    assert reg.rollback("m") == "2" and reg.rollback("m") == "1"
+
+
+def test_history_past_current_is_ignored(tmp_path: Path, export: Path) -> None:
+    """A history entry whose ``current`` write never happened (the old promote order)."""
+    reg = ModelRegistry(tmp_path)
+    for version in ("1", "2", "3"):
+        reg.publish("m", export, version=version)
+    reg.promote("m", "1")
+    reg.promote("m", "2")
+    history = tmp_path / "m" / "history.json"
+    events = json.loads(history.read_text())
+    history.write_text(json.dumps([*events, {**events[-1], "version": "3"}]))
+    assert reg.current("m") == "2"
+    assert reg.rollback("m") == "1"  # not the half-promoted 3
