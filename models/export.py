@@ -194,4 +194,11 @@ def load_export(path: str | Path, *, device: str | torch.device = "cpu"
         raise ExportError(
             f"{weights}: the weights do not fit architecture {manifest.architecture}: {exc}"
         ) from exc
+    # A label per output class: more classes than labels would index past the list
+    # at postprocess, fewer would never name some labels.
+    outputs = manifest.architecture.get("args", {}).get(
+        "num_classes", getattr(model, "num_classes", None))
+    if outputs is not None and outputs != len(manifest.labels):
+        raise ExportError(f"{path}: the model outputs {outputs} classes, the manifest names "
+                          f"{len(manifest.labels)} labels; they must be equal")
     return model.eval().to(device), manifest

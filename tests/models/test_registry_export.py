@@ -89,6 +89,9 @@ def test_weights_from_another_export_are_refused(tmp_path: Path) -> None:
     ({"task": "segment"}, "task must be one of"),
     ({"labels": []}, "labels must be"),
     ({"architecture": {"name": "transformer", "args": {}}}, "unknown architecture"),
+    # A label per output class: the count is checked at load, not found at postprocess.
+    ({"labels": ["c0", "c1"]}, "outputs 3 classes, the manifest names 2 labels"),
+    ({"labels": [f"c{i}" for i in range(5)]}, "outputs 3 classes, the manifest names 5"),
 ])
 def test_bad_manifest_is_refused(tmp_path: Path, change: dict, match: str) -> None:
     _, out = _export(tmp_path, "resnet18")
