@@ -95,3 +95,29 @@ def test_real_transfer_learning_on_fashion_mnist(fashion_model, fashion_mnist_tr
     assert report["num_images"] == 500
     assert report["top1"] >= 0.75, report["top1"]
     assert abs(report["top1"] - result["top1"]) < 1e-9
+
+
+class _RunsOnLoad:
+    """Unpickling this creates a file: what a hostile checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_loads_checkpoints_as_data_only(tmp_path: Path) -> None:
+    """--resume uses torch.load(weights_only=True): a checkpoint cannot run code."""
+    import pickle
+
+    import torch
+
+    data = _shapes_dataset(tmp_path / "data", per_class=4)
+    marker = tmp_path / "ran"
+    torch.save({"model": {}, "epoch": 0, "payload": _RunsOnLoad(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        main(get_args_parser().parse_args([
+            "--data", str(data), "--out", str(tmp_path / "out"), "--backbone", "resnet18",
+            "--weights", "none", "--img-size", "32", "--resume", str(tmp_path / "evil.pt")]))
+    assert not marker.exists()

@@ -162,8 +162,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     best_metrics: dict[str, Any] | None = None
+    # Plain types only (paths as text), so the checkpoint loads with weights_only=True.
+    plain_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if args.resume:
-        ckpt = torch.load(args.resume, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
+        ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -187,7 +190,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1, args.epochs,
                  loss, metrics["top1"], metrics["top5"], "  (best)" if improved else "")
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
+                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args,
                 "best_top1": best, "best_epoch": best_epoch, "history": history}
         torch.save(ckpt, ckpt_dir / "last.pt")
         if improved:
@@ -203,7 +206,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("no epoch was trained; nothing to export")
     if best_metrics is None or best_epoch != history[-1]["epoch"]:
         model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
-                                         weights_only=False)["model"])
+                                         weights_only=True)["model"])
         best_metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
     manifest.metrics = {"val": best_metrics}
     manifest.dataset = {"fingerprint": fingerprint(splits.train + splits.val, splits.classes),
@@ -212,7 +215,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     manifest.training = {
         "mode": args.mode, "best_epoch": best_epoch, "history": history,
         "minutes": (time.monotonic() - started) / 60,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": plain_args,
         "frozen_stages": list(model.backbone.frozen_stages),
     }
     manifest.provenance = {"backbone_weights": str(args.weights)}
