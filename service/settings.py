@@ -80,6 +80,14 @@ class Settings(BaseSettings):
                 k.strip() for k in text.split(",") if k.strip()]
         return v
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, v: object) -> object:
+        # Compose and shells easily turn an unset variable into "": that means "off",
+        # never a token that an empty credential could match.
+        text = v.get_secret_value() if isinstance(v, SecretStr) else v
+        return None if isinstance(text, str) and not text.strip() else v
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, v: object) -> object:

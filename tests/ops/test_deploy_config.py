@@ -94,6 +94,19 @@ def test_compose_ports_and_paths_agree(compose: dict, prometheus_config: dict) -
     assert mounts["grafana"]["./deploy/grafana/dashboards"] == provider["options"]["path"]
 
 
+def test_compose_passes_secrets_through_only_when_set(compose: dict) -> None:
+    """An unset admin token stays unset: `${VAR:-}` would hand the service an empty one."""
+    environment = compose["services"]["ocellus"]["environment"]
+    for var in ("OCELLUS_ADMIN_TOKEN", "OCELLUS_API_KEYS"):
+        assert var in environment and environment[var] is None, (var, environment[var])
+    from service.settings import Settings
+
+    # And the service reads a blank token as none (the admin API off), wherever it came from.
+    assert Settings(admin_token="").admin_token is None
+    assert Settings(admin_token="  ").admin_token is None
+    assert Settings(admin_token="t").admin_token.get_secret_value() == "t"
+
+
 def _compose_cli() -> list[str] | None:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
