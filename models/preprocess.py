@@ -3,10 +3,27 @@
 A `Preprocessing` is data (sizes, mean, std, interpolation, resize mode). It is
 written into every export's manifest and rebuilt from it, so the transform used
 at serving and evaluation time is never typed twice.
+
+Long, thin images: crop, not refuse. Resizing the shorter side to
+``resize_size`` multiplies the longer side by the same factor: an 8x6,000,000
+image would become a 256x192,000,000 tensor (~150 GB) of which the centre crop
+keeps 224x224. So when the longer side is more than `WINDOW_ASPECT_RATIO` times
+the shorter, `Preprocessing.resize_crop` first cuts the original down to the
+centred window that the crop would keep, plus a margin for the resize filter,
+and resizes only that, at the scale the whole image would have had. The work is
+then bounded by the crop size whatever the aspect ratio, and the result equals
+the whole-image resize up to the sub-pixel placement of the window (tested).
+Refusing such images was the alternative; it would make a valid image (a
+banner, a scanned receipt strip) an error, where the crop answers what the
+model would have answered with unbounded memory. Ordinary photos (up to 2:1,
+3:2 and 4:3 included) take the whole-image path and are unchanged, bit for bit.
+Detection's letterbox is bounded by construction: its longer side becomes the
+input size, so it only ever shrinks a long image.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -16,6 +33,10 @@ from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Beyond this ratio of longer to shorter side, resize_crop resizes only the centred
+# window that the crop keeps (module docstring). 2:1 leaves every common photo format
+# (4:3, 3:2, 16:9, 2:1) on the whole-image path.
+WINDOW_ASPECT_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -77,10 +98,79 @@ class Preprocessing:
         """uint8 ``(3, H, W)`` → uint8 ``(3, crop, crop)``: shorter side resize, centre crop."""
         if self.mode != "center_crop":
             raise ValueError(f"resize_crop expects mode 'center_crop', got {self.mode!r}")
+        _, h, w = image.shape
+        if (max(h, w) > WINDOW_ASPECT_RATIO * min(h, w)
+                and self.resize_size * max(h, w) // min(h, w) > self.crop_size):
+            return self._resize_crop_window(image)
         image = F.resize(image, [self.resize_size], interpolation=self.interpolation_mode,
                          antialias=True)
         return F.center_crop(image, [self.crop_size, self.crop_size])
 
+    def _resize_crop_window(self, image: torch.Tensor) -> torch.Tensor:
+        """`resize_crop` for a long, thin ``(3, H, W)``: resize only the window the crop keeps."""
+        _, h, w = image.shape
+        axis = -2 if h > w else -1  # the long axis
+        n, short = max(h, w), min(h, w)
+        new_long = int(self.resize_size * n / short)  # as torchvision's resize computes it
+        crop = self.crop_size
+        top = int(round((new_long - crop) / 2.0))  # the centre crop's first index, long axis
+        step = n / new_long  # input pixels per output pixel (< 1: upsampling)
+        # The antialiased filter reaches interp_size/2 input pixels, widened when shrinking.
+        reach = (2.0 if self.interpolation == "bicubic" else 1.0) * max(step, 1.0)
+        margin = math.ceil(reach) + 2
+        start = _aligned_start(max(0, math.floor(top * step) - margin), new_long, n,
+                               reach=math.ceil(2 * crop * max(step, 1.0)))
+        stop = min(n, math.ceil((top + crop) * step) + margin)
+        offset = round(start * new_long / n)  # whole-image output index of the window's first
+        count = top - offset + crop  # output pixels needed along the long axis
+        if count == stop - start:
+            # torch skips an axis whose input and output sizes are equal, whatever the
+            # scale; one more output pixel (never used) keeps the resize.
+            count += 1
+        window = image.narrow(axis, start, stop - start)
+        size = [count, self.resize_size] if axis == -2 else [self.resize_size, count]
+        scale = new_long / n  # the whole image's scale, not the window's own size ratio
+        scales = (scale, None) if axis == -2 else (None, scale)
+        resized = _resize_at_scale(window, size, scales, self.interpolation)  # (3, ...)
+        return F.center_crop(resized.narrow(axis, top - offset, crop), [crop, crop])
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 ``(3, H, W)`` RGB → float ``(3, crop, crop)`` model input."""
         return self.normalize(self.resize_crop(image))
+
+
+def _aligned_start(start: int, new_long: int, n: int, *, reach: int,
+                   candidates: int = 64) -> int:
+    """A window start at or before `start` whose output position is a whole pixel, or nearest.
+
+    The window's first input pixel lands at output ``start * new_long / n``. When that is
+    an integer, the window's output grid is the whole image's and the result is exact:
+    starts that are multiples of ``n / gcd(n, new_long)`` (every start for an integer
+    scale). One is taken if it costs at most `reach` more pixels; otherwise the best of
+    the last `candidates` starts, off by less than half an output pixel.
+    """
+    period = n // math.gcd(n, new_long)
+    if start - start // period * period <= reach:
+        return start // period * period
+
+    def misalignment(s: int) -> int:
+        r = (s * new_long) % n
+        return min(r, n - r)
+
+    return min(range(start, max(0, start - candidates) - 1, -1), key=misalignment)
+
+
+def _resize_at_scale(image: torch.Tensor, size: list[int], scales: tuple[float | None, ...],
+                     interpolation: str) -> torch.Tensor:
+    """Antialiased resize of ``(3, h, w)`` to ``size`` with explicit per-axis scales.
+
+    torchvision's resize derives the scale from the sizes; a window cut from a larger
+    image must keep the larger image's scale, which only the aten op accepts.
+    """
+    op = (torch.ops.aten._upsample_bicubic2d_aa if interpolation == "bicubic"
+          else torch.ops.aten._upsample_bilinear2d_aa)
+    x = image.unsqueeze(0)  # (1, 3, h, w)
+    if x.dtype != torch.uint8 or x.device.type == "cpu":  # torch's own uint8 kernel, as F.resize
+        return op(x, size, False, *scales)[0]
+    out = op(x.float(), size, False, *scales)
+    return out.clamp_(0, 255).round_().to(torch.uint8)[0]
