@@ -25,6 +25,7 @@ from service.routes import router
 from service.routes_admin import router as admin_router
 from service.routes_detect import router as detect_router
 from service.settings import Settings
+from service.uploads import document_upload_limits
 
 log = logging.getLogger(__name__)
 
@@ -110,4 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        metrics=app.state.metrics)
     app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    build_openapi = app.openapi
+    app.openapi = lambda: document_upload_limits(  # the routes' body, with these limits
+        build_openapi(), max_files=settings.max_files,
+        max_upload_bytes=settings.max_upload_bytes)
     return app

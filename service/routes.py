@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -20,12 +20,11 @@ from service.schemas import (
     Prediction,
     Status,
 )
+from service.uploads import UPLOAD_BODY, UploadsDep
 
 router = APIRouter()
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
-FilesParam = Annotated[list[UploadFile], File(
-    alias="file", description="one or more images (JPEG, PNG, WebP, BMP, TIFF, GIF)")]
 ModelParam = Annotated[str | None, Query(description="model name; default: the first loaded "
                                                       "model of this task")]
 
@@ -66,12 +65,12 @@ async def metrics(m: MetricsDep) -> Response:
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS,
-             tags=["inference"])
+             tags=["inference"], openapi_extra=UPLOAD_BODY)
 async def classify(
     store: StoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    files: FilesParam,
+    files: UploadsDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = 5,
     model: ModelParam = None,
 ) -> ClassifyResponse:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from PIL import Image, ImageDraw, ImageFont
+from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from models.detection.predictor import Detection as DetectedObject
@@ -17,17 +18,17 @@ from service.errors import RequestError
 from service.inputs import prepare_uploads
 from service.schemas import Detection, DetectResponse, DetectResult, ErrorResponse, ModelRef
 from service.settings import Settings
+from service.uploads import UPLOAD_BODY, UploadsDep
 
 router = APIRouter()
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
+# The schema says what `parse_classes` reads: "0,2", "5", " 1 , 3,".
+ClassIds = Annotated[str, StringConstraints(pattern=r"^ *([0-9]+ *)?(, *([0-9]+ *)?)*$")]
 # Distinct, readable colours (Tableau 10), one per class id modulo 10.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]
-
-FilesParam = Annotated[list[UploadFile], File(
-    alias="file", description="one or more images (JPEG, PNG, WebP, BMP, TIFF, GIF)")]
 
 
 def parse_classes(values: list[str] | None, num_classes: int) -> list[int] | None:
@@ -98,18 +99,18 @@ def render_detections(data: bytes, detections: list[DetectedObject], settings: S
 
 
 @router.post(
-    "/v1/detect", response_model=DetectResponse, tags=["inference"],
+    "/v1/detect", response_model=DetectResponse, tags=["inference"], openapi_extra=UPLOAD_BODY,
     responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}},
                                "description": "JSON detections, or the annotated image"}})
 async def detect(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
-    files: FilesParam,
+    files: UploadsDep,
     conf: Annotated[float, Query(ge=0, le=1, description="score threshold")] = 0.25,
     iou: Annotated[float, Query(ge=0, le=1, description="NMS IoU threshold")] = 0.45,
     max_det: Annotated[int, Query(ge=1, le=1000, description="detections per image")] = 300,
-    classes: Annotated[list[str] | None, Query(
+    classes: Annotated[list[ClassIds] | None, Query(
         description="keep only these class ids: comma-separated and/or repeated")] = None,
     agnostic: Annotated[bool, Query(description="NMS across classes")] = False,
     multi_label: Annotated[bool | None, Query(
