@@ -18,7 +18,11 @@ from service.auth import ApiKeyMiddleware, api_keys_of
 from service.batcher import ServingConfig
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from service.middleware import (
+    BodySizeLimitMiddleware,
+    InFlightLimitMiddleware,
+    MetricsMiddleware,
+)
 from service.model_store import ModelStore
 from service.registry_watch import RegistryWatcher
 from service.routes import router
@@ -97,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=(
             "Image classification and object detection.\n\n"
             f"Limits: {settings.max_upload_bytes} bytes per file, {settings.max_files} files "
-            f"per request, {settings.max_image_pixels} pixels per image."
+            f"per request, {settings.max_image_pixels} pixels per image, "
+            f"{settings.max_in_flight} inference requests in flight (docs/serving.md, Limits)."
         ),
         lifespan=lifespan,
     )
@@ -108,6 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(detect_router)
     app.include_router(admin_router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       metrics=app.state.metrics)
+    # Outside the body guard: a refused request costs no body read.
+    app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.max_in_flight,
                        metrics=app.state.metrics)
     app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

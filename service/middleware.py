@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request metrics by route template, and the body-size guard."""
+"""Pure ASGI middleware: request metrics by route template, the body-size guard, and the
+cap on inference requests in flight."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import error_response
 from service.metrics import Metrics
+
+INFERENCE_PATHS = frozenset({"/v1/classify", "/v1/detect"})
+
+
+def is_inference(scope: Scope) -> bool:
+    """A request that decodes images and runs a model: POST to an inference route."""
+    return (scope["type"] == "http" and scope["method"] == "POST"
+            and scope["path"] in INFERENCE_PATHS)
 
 
 class MetricsMiddleware:
@@ -90,3 +100,40 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class InFlightLimitMiddleware:
+    """Answers 503 ``overloaded`` with Retry-After, before reading the body, to an
+    inference request that would be one more than `max_in_flight` at once.
+
+    Everything after admission (upload, decode, queue) is bounded by other limits;
+    this one bounds how many requests hold memory and sockets at the same time.
+    Its count is the ``ocellus_requests_in_flight`` gauge.
+    """
+
+    def __init__(self, app: ASGIApp, max_in_flight: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.metrics = metrics
+        self.count = 0  # changed on the event loop's thread only, so no lock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_inference(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.count >= self.max_in_flight:
+            self.metrics.rejected.labels("overload").inc()
+            response = error_response(
+                503, "overloaded", f"{self.count} inference requests are in flight and the "
+                f"limit is {self.max_in_flight} (OCELLUS_MAX_IN_FLIGHT); retry later",
+                headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        self.count += 1
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            self.metrics.in_flight.dec()
+

@@ -102,14 +102,8 @@ class ServedModel:
             ServiceOverloadedError: The queue is full (HTTP 503 with Retry-After).
             InferenceTimeoutError: No result within the request timeout (also 503).
         """
-        gauge = self.metrics.in_flight if self.metrics is not None else None
-        if gauge is not None:
-            gauge.inc()
-        try:
-            return await self.batcher.submit(inputs, metas, **options)
-        finally:
-            if gauge is not None:
-                gauge.dec()
+        # In flight is counted from arrival to answer, by InFlightLimitMiddleware.
+        return await self.batcher.submit(inputs, metas, **options)
 
     def warm_up(self) -> None:
         """Choose the backend (measured on real photos), warm every batch size, pick one.

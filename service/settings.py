@@ -49,6 +49,9 @@ class Settings(BaseSettings):
                            "503 with Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="longest wait for inference "
                                      "results (queue + forward); then 503 with Retry-After")
+    max_in_flight: int = Field(64, gt=0, description="inference requests handled at once by "
+                               "this process (upload to answer); more get 503 with "
+                               "Retry-After before their body is read")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="per file")
     max_image_pixels: int = Field(50_000_000, gt=0,
                                   description="width × height; larger is refused (413)")
