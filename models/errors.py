@@ -77,3 +77,10 @@ class ServiceOverloadedError(OcellusError):
 
 class InferenceTimeoutError(ServiceOverloadedError):
     """A request waited longer than the request timeout for its results."""
+
+
+class ModelsLoadingError(ServiceOverloadedError):
+    """The service is still loading its models (start-up): retry after a pause."""
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after)

@@ -1,8 +1,15 @@
-"""The app factory: settings in, a FastAPI app out. Models load in the lifespan."""
+"""The app factory: settings in, a FastAPI app out.
+
+Models load in a background task that the lifespan starts, so uvicorn listens
+at once: /healthz answers during loading and warm-up (a liveness probe does not
+restart a pod that is still loading), /readyz answers 503 ``loading`` and the
+inference routes 503 with Retry-After until the models are in.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -13,6 +20,7 @@ import anyio
 import torch
 from fastapi import FastAPI
 
+from models.export import read_manifest
 from models.registry import ModelRegistry
 from service.auth import ApiKeyMiddleware, api_keys_of
 from service.batcher import ServingConfig
@@ -23,7 +31,7 @@ from service.middleware import (
     InFlightLimitMiddleware,
     MetricsMiddleware,
 )
-from service.model_store import ModelStore
+from service.model_store import ModelStore, ServedModel
 from service.registry_watch import RegistryWatcher
 from service.routes import router
 from service.routes_admin import router as admin_router
@@ -47,18 +55,65 @@ def model_paths(settings: Settings) -> list[Path]:
     return [default_classifier_export(settings.cache_dir), *([detector] if detector else [])]
 
 
-def _load_all(store: ModelStore, settings: Settings, metrics: Metrics,
-              watcher: RegistryWatcher | None) -> None:
+def _prepare(store: ModelStore, path: Path) -> ServedModel:
     # Intra-op threads are set per thread where the work runs: all of them on each
     # model's inference thread (service/batcher.py), one on decode threads. Loading
     # needs none: a thread that formed an OpenMP team of its own keeps a helper
     # spinning that slows the forwards (measured: a 2-thread forward on a worker
     # thread 17-19 ms with such a team alive, 10 ms without).
     torch.set_num_threads(1)
-    for path in model_paths(settings):
-        metrics.record_load(store.load(path).name, True)
-    if watcher is not None:
-        watcher.load_initial()
+    return store.prepare(path)
+
+
+def _name_of(path: Path) -> str:
+    try:
+        return read_manifest(path).name
+    except Exception:  # the manifest is what failed: name the model by its folder
+        return path.name
+
+
+async def _load_models(store: ModelStore, settings: Settings, metrics: Metrics,
+                       watcher: RegistryWatcher | None, stop: asyncio.Event) -> None:
+    """Load every model, one at a time off the event loop; a failure refuses that one only."""
+    try:
+        try:
+            paths = await anyio.to_thread.run_sync(model_paths, settings)
+        except Exception as exc:  # e.g. the default model's weights cannot be had
+            log.error("the default models cannot be built: %s", exc)
+            metrics.record_load("default", False)
+            store.refuse("default", exc, path=settings.cache_dir, root=settings.cache_dir)
+            paths = []
+        for path in paths:
+            if stop.is_set():
+                return
+            try:
+                served = await anyio.to_thread.run_sync(_prepare, store, path)
+            except Exception as exc:  # bad manifest, hash, weights: refuse this export only
+                name = await anyio.to_thread.run_sync(_name_of, path)
+                log.error("model %s (%s) refused: %s", name, path, exc)
+                metrics.record_load(name, False)
+                store.refuse(name, exc, path=Path(path), root=Path(path).resolve().parent)
+                continue
+            if stop.is_set():
+                served.close()
+                return
+            old = store.swap(served)  # on the event loop's thread, where requests read it
+            if old is not None:  # two exports of one name: the last one serves
+                old.close()
+            metrics.record_load(served.name, True)
+        if watcher is not None:
+            await watcher.load_initial(stop)
+    finally:
+        store.loading = False
+    log.info("ready: %s%s", ", ".join(f"{m.name} ({m.task})" for m in store.models.values())
+             or "no model", "; refused: " + ", ".join(store.refused) if store.refused else "")
+
+
+async def _load_then_poll(store: ModelStore, settings: Settings, metrics: Metrics,
+                          watcher: RegistryWatcher | None, stop: asyncio.Event) -> None:
+    await _load_models(store, settings, metrics, watcher, stop)
+    if watcher is not None and settings.registry_poll_seconds > 0 and not stop.is_set():
+        await watcher.poll_forever()
 
 
 @asynccontextmanager
@@ -73,20 +128,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                        metrics=metrics, decode_threads=settings.decode_threads)
     app.state.store = store
     metrics.models.source = lambda: list(store.models.values())
+    metrics.models.refused = lambda: [n for n in store.refused if n not in store.models]
     watcher = app.state.watcher = RegistryWatcher(
         ModelRegistry(settings.registry), store, metrics,
         poll_seconds=settings.registry_poll_seconds,
         drain_seconds=settings.reload_drain_seconds) if settings.registry else None
-    # Loading is blocking work: off the event loop, so /healthz answers meanwhile.
-    await anyio.to_thread.run_sync(_load_all, store, settings, metrics, watcher)
-    poll = asyncio.create_task(watcher.poll_forever()) \
-        if watcher is not None and settings.registry_poll_seconds > 0 else None
-    log.info("ready: %s", ", ".join(f"{m.name} ({m.task})" for m in store.models.values()))
+    # Loading runs in the background: uvicorn listens once the lifespan has yielded.
+    store.loading, stop = True, asyncio.Event()
+    background = asyncio.create_task(_load_then_poll(store, settings, metrics, watcher, stop))
     try:
         yield
     finally:
-        if poll is not None:
-            poll.cancel()
+        stop.set()
+        if not store.loading:  # polling: stop it now
+            background.cancel()
+        # While loading, wait: the model being loaded is closed, the others are skipped.
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
         if watcher is not None:
             watcher.close()
         store.close()

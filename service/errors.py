@@ -20,6 +20,7 @@ from models.errors import (
     ImageTooLargeError,
     InferenceTimeoutError,
     ModelNotReadyError,
+    ModelsLoadingError,
     OcellusError,
     RegistryError,
     RegistryLockedError,
@@ -43,6 +44,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (RegistryError, 409, "registry_conflict"),
     # Both are 503 + Retry-After: the fix for a client is the same (back off, retry).
     (InferenceTimeoutError, 503, "timeout"),
+    (ModelsLoadingError, 503, "loading"),
     (ServiceOverloadedError, 503, "overloaded"),
 ]
 
@@ -103,7 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif status == 413:
             _count_rejection(request, "too_large")
         elif isinstance(exc, ServiceOverloadedError):
-            _count_rejection(request, "timeout" if code == "timeout" else "overload")
+            _count_rejection(request, code if code in ("timeout", "loading") else "overload")
             return error_response(status, code, str(exc),
                                   headers={"Retry-After": str(exc.retry_after)})
         return error_response(status, code, str(exc))

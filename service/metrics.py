@@ -118,7 +118,7 @@ class Metrics:
 
 
 class ModelCollector(Collector):
-    """``ocellus_model_info`` and ``ocellus_model_age_seconds``, from the served models.
+    """``ocellus_model_info``, ``ocellus_model_age_seconds`` and ``ocellus_model_refused``.
 
     Read at scrape time, so a reload shows at once and a replaced version
     leaves no stale series behind. `source` is set in the app's lifespan to a
@@ -128,6 +128,8 @@ class ModelCollector(Collector):
 
     def __init__(self) -> None:
         self.source: Callable[[], Iterable[Any]] | None = None
+        # Names whose load was refused and that no version serves (set in the lifespan).
+        self.refused: Callable[[], Iterable[str]] | None = None
 
     def describe(self) -> list:
         # Describing nothing keeps registration free of a scrape-time call.
@@ -149,3 +151,9 @@ class ModelCollector(Collector):
                                              .timestamp()))
         yield info
         yield age
+        refused = GaugeMetricFamily("ocellus_model_refused", "1 for each model refused at "
+                                    "its load and not served (the reason: /readyz).",
+                                    labels=["model"])
+        for name in list(self.refused() if self.refused else ()):
+            refused.add_metric([name], 1)
+        yield refused

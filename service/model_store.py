@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from models.backends import BackendReport, select_backend
-from models.errors import ModelNotReadyError, TaskMismatchError
+from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchError
 from models.predictor import Predictor
 from models.sample_images import real_images
 from service.batch_tuning import BatchSizeReport, preferred_batch_size
@@ -156,8 +156,47 @@ class ServedModel:
         self.batcher.close()
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Refusal:
+    """A model that failed to load, and why: /readyz and /v1/models list it.
+
+    Shown without the admin token, `path` and any path in `reason` are relative
+    to `root` (the registry, or the export's parent folder).
+    """
+
+    name: str
+    reason: str
+    version: str | None = None
+    path: Path | None = None
+    root: Path | None = None
+    refused_at: str = field(default_factory=_now)
+
+    def view(self, *, admin: bool) -> dict[str, Any]:
+        """The JSON of /readyz and /v1/models; absolute paths for the admin only."""
+        path, reason = self.path, self.reason
+        if not admin and self.root is not None:
+            reason = reason.replace(f"{self.root}/", "")
+            path = path.relative_to(self.root) if path and path.is_relative_to(self.root) \
+                else None
+        elif not admin:
+            path = None
+        return {"name": self.name, "version": self.version, "reason": reason,
+                "path": str(path) if path is not None else None,
+                "refused_at": self.refused_at}
+
+
 class ModelStore:
-    """Loaded models by name; `get` picks one for a task and explains refusals."""
+    """Loaded models by name; `get` picks one for a task and explains refusals.
+
+    While the lifespan's background task loads the models, `loading` is True
+    and a request for a model not loaded yet gets `ModelsLoadingError` (503 with
+    Retry-After). A model that fails to load is kept in `refused` with the
+    reason, until a version of it is served.
+    """
 
     def __init__(self, device: str = "cpu", *, serving: ServingConfig | None = None,
                  metrics: Metrics | None = None, decode_threads: int = 0) -> None:
@@ -167,10 +206,19 @@ class ModelStore:
         # One decode pool for all models; the batchers read its backlog.
         self.decode_pool = DecodePool(decode_threads, metrics)
         self.models: dict[str, ServedModel] = {}
+        self.refused: dict[str, Refusal] = {}
+        self.loading = False
 
     @property
     def ready(self) -> bool:
         return bool(self.models)
+
+    def refuse(self, name: str, exc: BaseException, *, version: str | None = None,
+               path: Path | None = None, root: Path | None = None) -> Refusal:
+        """Record that `name` failed to load; serving a version of it clears this."""
+        refusal = self.refused[name] = Refusal(name, str(exc) or type(exc).__name__,
+                                               version, path, root)
+        return refusal
 
     def load(self, path: Path) -> ServedModel:
         """Load, verify and warm up an export; it replaces a model of the same name."""
@@ -205,6 +253,7 @@ class ModelStore:
         """
         old = self.models.get(served.name)
         self.models[served.name] = served
+        self.refused.pop(served.name, None)
         log.info("serving %s (task %s, version %s) from %s", served.name, served.task,
                  served.manifest.version, served.path)
         return old
@@ -232,8 +281,7 @@ class ModelStore:
         """
         if name is not None:
             if name not in self.models:
-                raise ModelNotReadyError(
-                    f"no model named {name!r}; loaded models: {sorted(self.models)}")
+                raise self._not_served(f"no model named {name!r}", name)
             served = self.models[name]
             if served.task != task:
                 raise TaskMismatchError(
@@ -243,8 +291,16 @@ class ModelStore:
         for served in self.models.values():
             if served.task == task:
                 return served
+        raise self._not_served(f"no {task!r} model is loaded")
+
+    def _not_served(self, message: str, name: str | None = None) -> Exception:
+        if self.loading:
+            return ModelsLoadingError(f"{message} yet: the models are still loading")
+        refusal = self.refused.get(name) if name is not None else None
+        if refusal is not None:
+            message += f" (refused at load: {refusal.view(admin=False)['reason']})"
         others = {m.name: m.task for m in self.models.values()}
-        raise ModelNotReadyError(f"no {task!r} model is loaded; loaded models: {others}")
+        return ModelNotReadyError(f"{message}; loaded models: {others}")
 
     def close(self) -> None:
         for served in self.models.values():

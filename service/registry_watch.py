@@ -17,14 +17,18 @@ import time
 from dataclasses import dataclass
 
 import anyio
+import torch
 
 from models.errors import ModelNotReadyError, TaskMismatchError, VersionRefusedError
 from models.export import read_manifest
-from models.registry import ModelRegistry
+from models.registry import CURRENT_FILE, ModelRegistry
 from service.metrics import Metrics
 from service.model_store import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
+
+# What `RegistryWatcher.refused` holds for a name whose ``current`` cannot be read.
+_UNREADABLE = ""
 
 
 @dataclass
@@ -56,14 +60,15 @@ class RegistryWatcher:
         self.metrics = metrics
         self.poll_seconds = poll_seconds
         self.drain_seconds = drain_seconds
-        # name → the version last refused, so polling does not retry (and recount) it
-        # every few seconds; an admin reload retries it.
+        # name → the version last refused (_UNREADABLE: its ``current``), so polling does
+        # not retry (and recount) it every few seconds; an admin reload retries it.
         self.refused: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task, ServedModel] = {}
 
     def _prepare(self, name: str, version: str, served: ServedModel | None) -> ServedModel:
         """Blocking: verify and load `version`, refusing a change of task."""
+        torch.set_num_threads(1)  # loading needs no OpenMP team (see service/app.py)
         path = self.registry.path(name, version)
         manifest = read_manifest(path)
         if served is not None and manifest.task != served.task:
@@ -72,23 +77,51 @@ class RegistryWatcher:
                                     f"{served.task!r}; a name keeps its task")
         return self.store.prepare(path, name=name)
 
-    def load_initial(self) -> None:
-        """Blocking, at start-up: load every name's current version; log and count failures."""
-        if not self.registry.names():
+    async def load_initial(self, stop: asyncio.Event | None = None) -> None:
+        """At start-up: load every name's current version, one at a time, off the loop.
+
+        A name whose ``current`` is empty, garbage or unreadable, or whose version
+        fails to load, is refused (logged, counted, listed by /readyz); the other
+        names load and serve. Returns early once `stop` is set (shutdown).
+        """
+        names = await anyio.to_thread.run_sync(self.registry.names)
+        if not names:
             log.warning("registry %s has no name with a current version: /readyz answers 503 "
                         "until one is promoted (`ocellus registry ... publish --promote`)",
                         self.registry.root)
-        for name in self.registry.names():
-            version = self.registry.current(name) or ""
-            try:
-                served = self._prepare(name, version, None)
-            except Exception as exc:  # any failure refuses this version, not the service
-                log.error("registry: %s version %s refused: %s", name, version, exc)
-                self.metrics.record_load(name, False)
-                self.refused[name] = version
-                continue
-            self.store.swap(served)  # before the service is ready: no request holds a model
-            self.metrics.record_load(name, True)
+        for name in names:
+            async with self._lock:
+                if stop is not None and stop.is_set():
+                    return
+                if name in self.store.models:  # an admin reload was quicker
+                    continue
+                version = None
+                try:
+                    version = await anyio.to_thread.run_sync(self.registry.current, name)
+                    if version is None:  # ``current`` removed since `names`
+                        continue
+                    served = await anyio.to_thread.run_sync(self._prepare, name, version, None)
+                except Exception as exc:  # any failure refuses this name, not the service
+                    self._refuse(name, version, exc)
+                    continue
+                if stop is not None and stop.is_set():
+                    served.close()
+                    return
+                self.store.swap(served)  # no request holds this name yet: nothing to retire
+                self.metrics.record_load(name, True)
+
+    def _refuse(self, name: str, version: str | None, exc: Exception, *,
+                reload: bool = False) -> None:
+        """Log, count and record a refused version (None: ``current`` is unreadable)."""
+        served = self.store.models.get(name)
+        log.error("registry: %s %s refused, %s: %s", name,
+                  f"version {version}" if version is not None else f"{CURRENT_FILE} file",
+                  f"still serving version {served.manifest.version}" if served
+                  else "nothing served", exc)
+        self.metrics.record_load(name, False, reload=reload)
+        self.refused[name] = _UNREADABLE if version is None else version
+        path = self.registry.root / name / (CURRENT_FILE if version is None else version)
+        self.store.refuse(name, exc, version=version, path=path, root=self.registry.root)
 
     async def reload(self, name: str, *, force: bool = False) -> ReloadResult:
         """Serve `name`'s current version if it is not served yet.
@@ -101,7 +134,13 @@ class RegistryWatcher:
             VersionRefusedError: The version failed to load; the old one still serves.
         """
         async with self._lock:
-            version = await anyio.to_thread.run_sync(self.registry.current, name)
+            try:
+                version = await anyio.to_thread.run_sync(self.registry.current, name)
+            except Exception as exc:  # empty, garbage or unreadable ``current``
+                if force or self.refused.get(name) != _UNREADABLE:
+                    self._refuse(name, None, exc, reload=True)
+                raise VersionRefusedError(f"{name}: its {CURRENT_FILE} file cannot be read, "
+                                          f"nothing new served: {exc}") from exc
             if version is None:
                 raise ModelNotReadyError(f"the registry {self.registry.root} has no current "
                                          f"version of {name!r}; names: {self.registry.names()}")
@@ -113,11 +152,7 @@ class RegistryWatcher:
             try:
                 new = await anyio.to_thread.run_sync(self._prepare, name, version, served)
             except Exception as exc:  # bad hash, manifest, task, weights: keep the old one
-                log.error("registry: %s version %s refused, %s: %s", name, version,
-                          "still serving version " + served.manifest.version if served
-                          else "nothing served", exc)
-                self.metrics.record_load(name, False, reload=True)
-                self.refused[name] = version
+                self._refuse(name, version, exc, reload=True)
                 raise VersionRefusedError(
                     f"{name} version {version} was refused and not served: {exc}") from exc
             old = self.store.swap(new)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import MetricsDep, SettingsDep, StoreDep
 from service.inputs import prepare_uploads
+from service.model_store import ModelStore
 from service.schemas import (
     ClassifyResponse,
     ClassifyResult,
@@ -18,6 +19,8 @@ from service.schemas import (
     ModelRef,
     ModelsResponse,
     Prediction,
+    Readiness,
+    RefusedModel,
     Status,
 )
 from service.uploads import UPLOAD_BODY, UploadsDep
@@ -35,19 +38,38 @@ async def healthz() -> Status:
     return Status(status="ok")
 
 
-@router.get("/readyz", response_model=Status, responses={503: {"model": Status}},
+def _refused(store: ModelStore, *, admin: bool) -> list[RefusedModel]:
+    return [RefusedModel(**r.view(admin=admin), serving=served.manifest.version
+                         if (served := store.models.get(r.name)) is not None else None)
+            for r in store.refused.values()]
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
             tags=["health"])
-async def readyz(request: Request) -> Status | JSONResponse:
-    """200 once the models are loaded, 503 before."""
-    store = getattr(request.app.state, "store", None)
-    if store is None or not store.ready:
+async def readyz(request: Request) -> Readiness | JSONResponse:
+    """Whether to send traffic, and which models were refused and why.
+
+    200 ``ready``, or ``degraded`` when some models serve and others were refused
+    (partial availability: the refused ones answer 404 with the reason); 503
+    ``loading`` until the start-up loading is done, then ``unavailable`` if no
+    model serves.
+    """
+    store: ModelStore | None = getattr(request.app.state, "store", None)
+    if store is None:
         return JSONResponse({"status": "loading"}, status_code=503)
-    return Status(status="ready")
+    down = [name for name in store.refused if name not in store.models]
+    status = ("loading" if store.loading else "unavailable" if not store.ready
+              else "degraded" if down else "ready")
+    body = Readiness(status=status, models=list(store.models),
+                     refused=_refused(store, admin=False))
+    if status in ("ready", "degraded"):
+        return body
+    return JSONResponse(body.model_dump(), status_code=503)
 
 
 @router.get("/v1/models", response_model=ModelsResponse, tags=["models"])
 async def list_models(store: StoreDep) -> ModelsResponse:
-    """Each loaded model with its manifest (weights excepted)."""
+    """Each loaded model with its manifest (weights excepted), and the refused ones."""
     return ModelsResponse(models=[
         ModelInfo(name=m.name, version=m.manifest.version, task=m.task,
                   device=str(m.predictor.device), loaded_at=m.loaded_at,
@@ -55,8 +77,8 @@ async def list_models(store: StoreDep) -> ModelsResponse:
                   batching=m.batching(),
                   path=str(m.path),
                   manifest=m.manifest.to_dict())
-        for m in store.models.values()
-    ])
+        for m in list(store.models.values())
+    ], refused=_refused(store, admin=True))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -68,8 +68,29 @@ class ModelInfo(BaseModel):
     manifest: dict[str, Any]
 
 
+class RefusedModel(BaseModel):
+    name: str
+    version: str | None = Field(None, description="the registry version refused (none for an "
+                                "export given with --model, or an unreadable `current` file)")
+    path: str | None = Field(None, description="what was refused: absolute with the admin "
+                             "token, else relative to the registry or the export's folder")
+    reason: str
+    refused_at: str
+    serving: str | None = Field(None, description="the version still served instead (a "
+                                "refused reload), if any")
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+    refused: list[RefusedModel] = Field(default_factory=list,
+                                        description="models whose last load was refused")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="loading (503), ready (200), degraded (200: some models "
+                        "serve, some were refused), unavailable (503: none serves)")
+    models: list[str] = Field(default_factory=list, description="the models served")
+    refused: list[RefusedModel] = Field(default_factory=list)
 
 
 class ReloadResponse(BaseModel):

@@ -1,0 +1,55 @@
+"""Start-up: uvicorn listens while the models load, so liveness holds and readiness waits."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _server_class() -> type:
+    """tests/conftest.py's `Server`: `conftest` here is tests/ops/conftest.py."""
+    spec = importlib.util.spec_from_file_location(
+        "ocellus_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Server
+
+
+def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
+    # Warming and tuning 16 batch sizes takes seconds: the window this test looks into.
+    server = _server_class()(["--model", str(tiny_exports[0])], {
+        "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
+        "OCELLUS_MAX_BATCH_SIZE": "16"}, tmp_path / "server.log")
+    try:
+        started, end = time.monotonic(), time.monotonic() + 120
+        while time.monotonic() < end:  # the first answer of /healthz
+            assert server.alive(), server.log.read_text()[-3000:]
+            try:
+                health = httpx.get(f"{server.url}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        listening = time.monotonic() - started
+        ready = httpx.get(f"{server.url}/readyz", timeout=2)
+        early = httpx.post(f"{server.url}/v1/classify", timeout=10,
+                           files={"file": ("x.png", png_bytes(), "image/png")})
+        assert health.status_code == 200
+        assert ready.status_code == 503 and ready.json()["status"] == "loading", ready.text
+        assert early.status_code == 503 and early.json()["error"]["code"] == "loading", early.text
+        assert int(early.headers["retry-after"]) > 0
+        server.wait_ready(120)
+        loaded = time.monotonic() - started
+        assert httpx.get(f"{server.url}/readyz").json() == {
+            "status": "ready", "models": ["tiny"], "refused": []}
+        print(f"listening after {listening:.1f} s, ready after {loaded:.1f} s")
+    finally:
+        server.stop()
+    # uvicorn re-raises the SIGTERM after its graceful shutdown, which completed.
+    assert "Application shutdown complete" in server.log.read_text()
