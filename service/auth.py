@@ -76,6 +76,18 @@ def api_keys_of(settings: Settings) -> list[str]:
     return keys
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request carries the admin token (``Authorization: Bearer TOKEN``).
+
+    Never true while the admin API is off (no token set, or a blank one).
+    """
+    settings: Settings = request.app.state.settings
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return (settings.admin_token is not None and scheme.lower() == "bearer"
+            and bool(token.strip())
+            and _matches(token.strip(), [settings.admin_token.get_secret_value()]))
+
+
 async def require_admin(request: Request) -> None:
     """FastAPI dependency of the admin routes.
 

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.auth import is_admin
 from service.deps import MetricsDep, SettingsDep, StoreDep
 from service.inputs import prepare_uploads
 from service.model_store import ModelStore
+from service.redaction import public_manifest
 from service.schemas import (
     ClassifyResponse,
     ClassifyResult,
@@ -68,17 +70,23 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
 
 
 @router.get("/v1/models", response_model=ModelsResponse, tags=["models"])
-async def list_models(store: StoreDep) -> ModelsResponse:
-    """Each loaded model with its manifest (weights excepted), and the refused ones."""
+async def list_models(request: Request, store: StoreDep) -> ModelsResponse:
+    """Each loaded model with its manifest (weights excepted), and the refused ones.
+
+    Paths, training arguments and the training data's location are shown only to
+    a caller with the admin token (``Authorization: Bearer TOKEN``).
+    """
+    admin = is_admin(request)
     return ModelsResponse(models=[
         ModelInfo(name=m.name, version=m.manifest.version, task=m.task,
                   device=str(m.predictor.device), loaded_at=m.loaded_at,
                   backend=m.backend, backend_details=m.backend_details(),
                   batching=m.batching(),
-                  path=str(m.path),
-                  manifest=m.manifest.to_dict())
+                  path=str(m.path) if admin else None,
+                  manifest=m.manifest.to_dict() if admin else public_manifest(
+                      m.manifest.to_dict()))
         for m in list(store.models.values())
-    ], refused=_refused(store, admin=True))
+    ], refused=_refused(store, admin=admin))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -63,9 +63,10 @@ class ModelInfo(BaseModel):
     batching: dict[str, Any] | None = Field(
         None, description="the batch size served (preferred), the most allowed (max), and "
         "the img/s measured per batch size that chose it")
-    path: str = Field("", description="the export folder served (a registry version's folder "
-                                      "with --registry)")
-    manifest: dict[str, Any]
+    path: str | None = Field(None, description="the export folder served (a registry "
+                             "version's folder with --registry); with the admin token only")
+    manifest: dict[str, Any] = Field(description="without the admin token: no training "
+                                     "args, and absolute paths shown as <redacted>")
 
 
 class RefusedModel(BaseModel):

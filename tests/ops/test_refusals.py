@@ -106,6 +106,25 @@ def test_a_fixed_current_is_served_by_polling(registry_server) -> None:
     assert _metric(server.url, 'ocellus_model_refused{model="empty"}') == 0
 
 
+def test_models_hide_paths_and_training_args_without_the_admin_token(registry_server) -> None:
+    server, registry = registry_server
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = httpx.get(f"{server.url}/v1/models", headers=headers)
+        assert r.status_code == 200
+        assert SECRET_DATA not in r.text and str(registry.root) not in r.text, r.text
+        good = next(m for m in r.json()["models"] if m["name"] == "good")
+        assert good["path"] is None
+        assert "args" not in good["manifest"]["training"]
+        assert good["manifest"]["dataset"] == {"root": "<redacted>", "num_train": 9}
+        assert good["manifest"]["provenance"]["registry_source"] == "<redacted>"
+        assert good["manifest"]["labels"] == ["red", "green", "blue"]
+    admin = httpx.get(f"{server.url}/v1/models", headers=ADMIN).json()
+    good = next(m for m in admin["models"] if m["name"] == "good")
+    assert good["path"] == str(registry.path("good", "1"))
+    assert good["manifest"]["training"]["args"]["data"] == SECRET_DATA
+    assert good["manifest"]["dataset"]["root"] == SECRET_DATA
+
+
 def test_a_bad_export_given_with_model_is_refused_alone(start_server, tiny_exports,
                                                         tmp_path) -> None:
     bad = tmp_path / "broken-export"
@@ -121,3 +140,5 @@ def test_a_bad_export_given_with_model_is_refused_alone(start_server, tiny_expor
     assert "not valid JSON" in refused["reason"] and str(tmp_path) not in refused["reason"]
     off = httpx.post(f"{server.url}/v1/models/tiny/reload", headers={"Authorization": "Bearer"})
     assert off.status_code == 403 and "OCELLUS_ADMIN_TOKEN" in off.text, off.text
+    models = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer"}).json()
+    assert models["models"][0]["path"] is None and models["refused"][0]["path"] == refused["path"]
