@@ -178,15 +178,24 @@ class MicroBatcher:
         """Seconds until the queue has likely drained, at least 1."""
         return max(1, math.ceil(self._queued_images * self._seconds_per_image))
 
-    async def submit(self, inputs: list[torch.Tensor], metas: list[Any],
-                     **options: Any) -> list[Any]:
+    async def submit(self, inputs: list[torch.Tensor], metas: list[Any], *,
+                     timeout_s: float | None = None, **options: Any) -> list[Any]:
         """Queue one request's images; wait for its results (one per image, in order).
+
+        Args:
+            timeout_s: What is left of the request's time (it began before decoding);
+                default and at most the batcher's `timeout_s`.
 
         Raises:
             RequestError: More images than the whole queue holds (413).
             ServiceOverloadedError: The queue is full, or the service is shutting down.
-            InferenceTimeoutError: No result within `timeout_s`.
+            InferenceTimeoutError: No result in time (none left: refused before queueing).
         """
+        timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        late = (f"no result from model {self.name!r} within the request timeout of "
+                f"{self.timeout_s:g} s; the service is too busy, retry later")
+        if timeout <= 0:
+            raise InferenceTimeoutError(late, retry_after=self.retry_after())
         loop = asyncio.get_running_loop()
         job = _Job(list(inputs), list(metas), options, loop.create_future(), loop)
         with self._cond:
@@ -207,12 +216,10 @@ class MicroBatcher:
             self.stats.on_depth(self._queued_images)
             self._cond.notify()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
         except TimeoutError:
             self._drop(job)
-            raise InferenceTimeoutError(
-                f"no result from model {self.name!r} within {self.timeout_s:g} s; the "
-                f"service is too busy, retry later", retry_after=self.retry_after()) from None
+            raise InferenceTimeoutError(late, retry_after=self.retry_after()) from None
         except asyncio.CancelledError:  # the client went away
             self._drop(job)
             raise

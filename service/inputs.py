@@ -14,7 +14,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from models.errors import ImageTooLargeError
+from models.errors import ImageTooLargeError, InferenceTimeoutError
 from models.imaging import decode_image
 from models.predictor import Predictor
 from service.errors import RequestError
@@ -60,12 +60,39 @@ class DecodePool:
                       settings: Settings, model: str) -> PreparedImage:
         with self._lock:
             self._pending += 1
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, data, filename,
-                                          predictor, settings, model)
+        job = self._executor.submit(self._run, data, filename, predictor, settings, model)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # Timed out or the client went away: an image still queued is never decoded
+            # (then `_run` never counts it down, so it is counted down here).
+            if job.cancel():
+                with self._lock:
+                    self._pending -= 1
+            raise
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request's time is up: `Settings.request_timeout_s` after its upload was read.
+
+    It covers decoding as well as the inference queue and the forward, so a request
+    stuck behind others in the decode pool gets the same 503 ``timeout``.
+    """
+
+    at: float  # time.monotonic()
+    seconds: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    def remaining(self) -> float:
+        """Seconds left; 0 or less once the time is up."""
+        return self.at - time.monotonic()
 
 
 @dataclass
@@ -103,17 +130,20 @@ def _prepare(data: bytes, filename: str | None, predictor: Predictor,
 
 async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
                           settings: Settings, *, pool: DecodePool | None = None,
-                          model: str | None = None) -> list[PreparedImage]:
+                          model: str | None = None,
+                          deadline: Deadline | None = None) -> list[PreparedImage]:
     """Check limits, then decode and preprocess every part in the thread pool.
 
     Args:
         pool: The service's bounded decode pool (`ModelStore.decode_pool`); without
             it, Starlette's default thread pool.
         model: The model's served name, for the stage-time metrics.
+        deadline: The request's; images still waiting for the pool then are dropped.
 
     Raises:
         RequestError: Too many parts.
         ImageTooLargeError, ImageDecodeError, UnsupportedImageFormatError: A bad part.
+        InferenceTimeoutError: Not decoded by the deadline (503 with Retry-After).
     """
     if len(files) > settings.max_files:
         raise RequestError(f"too many files: the limit is {settings.max_files} per request, "
@@ -130,5 +160,18 @@ async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
             run_in_threadpool(_prepare, data, name, predictor, settings)
             for data, name in payloads)))
     label = model or predictor.manifest.name
-    return list(await asyncio.gather(*(
-        pool.prepare(data, name, predictor, settings, label) for data, name in payloads)))
+    if deadline is not None and deadline.remaining() <= 0:
+        raise _not_decoded_in_time(deadline)
+    decoding = asyncio.gather(*(
+        pool.prepare(data, name, predictor, settings, label) for data, name in payloads))
+    try:
+        # On timeout the gather is cancelled: images still queued in the pool are dropped.
+        return list(await asyncio.wait_for(decoding, deadline and deadline.remaining()))
+    except TimeoutError:
+        raise _not_decoded_in_time(deadline) from None
+
+
+def _not_decoded_in_time(deadline: Deadline) -> InferenceTimeoutError:
+    return InferenceTimeoutError(
+        f"images not decoded within the request timeout of {deadline.seconds:g} s; the "
+        f"service is too busy, retry later", retry_after=1)

@@ -94,16 +94,19 @@ class ServedModel:
     def task(self) -> str:
         return self.manifest.task
 
-    async def infer(self, inputs: list[torch.Tensor], metas: list[Any], **options: Any
-                    ) -> list[Any]:
+    async def infer(self, inputs: list[torch.Tensor], metas: list[Any], *,
+                    timeout_s: float | None = None, **options: Any) -> list[Any]:
         """Preprocessed inputs of one request → one result per image, batched with others.
+
+        Args:
+            timeout_s: What is left of the request's time (`service.inputs.Deadline`).
 
         Raises:
             ServiceOverloadedError: The queue is full (HTTP 503 with Retry-After).
             InferenceTimeoutError: No result within the request timeout (also 503).
         """
         # In flight is counted from arrival to answer, by InFlightLimitMiddleware.
-        return await self.batcher.submit(inputs, metas, **options)
+        return await self.batcher.submit(inputs, metas, timeout_s=timeout_s, **options)
 
     def warm_up(self) -> None:
         """Choose the backend (measured on real photos), warm every batch size, pick one.

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.auth import is_admin
 from service.deps import MetricsDep, SettingsDep, StoreDep
-from service.inputs import prepare_uploads
+from service.inputs import Deadline, prepare_uploads
 from service.model_store import ModelStore
 from service.redaction import public_manifest
 from service.schemas import (
@@ -106,13 +106,15 @@ async def classify(
 ) -> ClassifyResponse:
     """Classify one or more uploaded images (multipart parts named ``file``)."""
     with store.use(model, "classify") as served:
+        deadline = Deadline.after(settings.request_timeout_s)  # the body has been read
         images = await prepare_uploads(files, served.predictor, settings,
-                                       pool=store.decode_pool, model=served.name)
+                                       pool=store.decode_pool, model=served.name,
+                                       deadline=deadline)
         for im in images:
             metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
                                   brightness=im.brightness)
         results = await served.infer([im.input for im in images], [im.meta for im in images],
-                                     top_k=top_k)
+                                     timeout_s=deadline.remaining(), top_k=top_k)
         metrics.observe_predictions(served.name, [(r[0].label, r[0].score) for r in results if r])
         return ClassifyResponse(
             model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),

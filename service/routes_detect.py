@@ -15,7 +15,7 @@ from models.detection.predictor import Detection as DetectedObject
 from models.imaging import decode_image
 from service.deps import SettingsDep, StoreDep
 from service.errors import RequestError
-from service.inputs import prepare_uploads
+from service.inputs import Deadline, prepare_uploads
 from service.schemas import Detection, DetectResponse, DetectResult, ErrorResponse, ModelRef
 from service.settings import Settings
 from service.uploads import UPLOAD_BODY, UploadsDep
@@ -131,13 +131,16 @@ async def detect(
     with store.use(model, "detect") as served:
         class_ids = parse_classes(classes, len(served.predictor.labels))
         media_type = wants_image(request, render)
+        deadline = Deadline.after(settings.request_timeout_s)  # the body has been read
         images = await prepare_uploads(files, served.predictor, settings,
-                                       pool=store.decode_pool, model=served.name)
+                                       pool=store.decode_pool, model=served.name,
+                                       deadline=deadline)
         metrics = request.app.state.metrics
         for im in images:
             metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
                                   brightness=im.brightness)
         results = await served.infer([im.input for im in images], [im.meta for im in images],
+                                     timeout_s=deadline.remaining(),
                                      conf=conf, iou=iou, max_det=max_det, classes=class_ids,
                                      agnostic=agnostic, multi_label=multi_label)
         metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])

@@ -47,8 +47,9 @@ class Settings(BaseSettings):
                                 "only while more images are being decoded")
     max_queue: int = Field(256, gt=0, description="images waiting for a forward; more get "
                            "503 with Retry-After")
-    request_timeout_s: float = Field(30.0, gt=0, description="longest wait for inference "
-                                     "results (queue + forward); then 503 with Retry-After")
+    request_timeout_s: float = Field(30.0, gt=0, description="longest time from a request's "
+                                     "upload read to its results (decode + queue + forward); "
+                                     "then 503 with Retry-After")
     max_in_flight: int = Field(64, gt=0, description="inference requests handled at once by "
                                "this process (upload to answer); more get 503 with "
                                "Retry-After before their body is read")
