@@ -28,6 +28,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import (
     BodySizeLimitMiddleware,
+    CancelOnDisconnectMiddleware,
     InFlightLimitMiddleware,
     MetricsMiddleware,
 )
@@ -160,7 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Image classification and object detection.\n\n"
             f"Limits: {settings.max_upload_bytes} bytes per file, {settings.max_files} files "
             f"per request, {settings.max_image_pixels} pixels per image, "
-            f"{settings.max_in_flight} inference requests in flight (docs/serving.md, Limits)."
+            f"{settings.max_in_flight} inference requests in flight, "
+            f"{settings.request_timeout_s:g} s per request (docs/serving.md, Limits)."
         ),
         lifespan=lifespan,
     )
@@ -172,7 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        metrics=app.state.metrics)
-    # Outside the body guard: a refused request costs no body read.
+    app.add_middleware(CancelOnDisconnectMiddleware, metrics=app.state.metrics)
+    # Outside the two above: a refused request costs no body read and no watcher.
     app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.max_in_flight,
                        metrics=app.state.metrics)
     app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)

@@ -1,11 +1,12 @@
-"""Pure ASGI middleware: request metrics by route template, the body-size guard, and the
-cap on inference requests in flight."""
+"""Pure ASGI middleware: request metrics by route template, the body-size guard, the
+cap on inference requests in flight, and dropping the work of a client that has gone."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -137,3 +138,60 @@ class InFlightLimitMiddleware:
             self.count -= 1
             self.metrics.in_flight.dec()
 
+
+class CancelOnDisconnectMiddleware:
+    """Stops work on an inference request whose client has gone.
+
+    Once the body has been read, the app's next message would be ``http.disconnect``;
+    a watcher waits for it and cancels the request's handling. Its images still in
+    the decode pool's queue are never decoded, and the batcher drops them from its
+    queue (a forward already running finishes). Counted as
+    ``rejected{reason="disconnected"}`` and logged with status 499, as nginx does.
+    A client gone while still uploading is caught by the body's reader instead
+    (`starlette.requests.ClientDisconnect`, see service/errors.py).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_inference(scope):
+            await self.app(scope, receive, send)
+            return
+        body_read = anyio.Event()
+        responding = gone = False
+
+        async def receive_body() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_response(message: Message) -> None:
+            nonlocal responding
+            responding = True  # before the await: a completed response reads as a disconnect
+            await send(message)
+
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal gone
+                await body_read.wait()
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if not responding:
+                    gone = True
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            try:
+                await self.app(scope, receive_body, send_response)
+            finally:
+                tg.cancel_scope.cancel()
+        if gone:
+            self.metrics.rejected.labels("disconnected").inc()
+            # Nobody reads it (the server drops it); it gives the request metrics a status.
+            response = error_response(499, "client_disconnected",
+                                      "the client disconnected before the answer")
+            await response(scope, receive, send)
