@@ -6,6 +6,7 @@ Expected errors become 4xx; anything else is logged and returned as a plain 500.
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -130,6 +131,19 @@ def install_error_handlers(app: FastAPI) -> None:
         _count_rejection(request, "disconnected")
         return error_response(499, "client_disconnected",
                               "the client disconnected before its upload was complete")
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A full disk (spooling an upload, writing the registry) is the server's
+            # fault, not the request's: 507, so that clients and alerts say so.
+            log.error("no space left on device on %s %s: %s", request.method,
+                      request.url.path, exc)
+            _count_rejection(request, "insufficient_storage")
+            return error_response(507, "insufficient_storage",
+                                  "the server has no disk space left to take this request; "
+                                  "retry later", headers={"Retry-After": "60"})
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -25,7 +25,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 PIXEL_BUCKETS = (32, 64, 128, 224, 320, 480, 640, 800, 1024, 1280, 1920, 2560, 3840, 7680)
 BYTE_BUCKETS = tuple(1024 * 4**i for i in range(10))  # 1 KiB .. 256 MiB
 REJECT_REASONS = ("overload", "too_large", "bad_image", "unsupported", "unauthorized", "timeout",
-                  "disconnected")
+                  "disconnected", "insufficient_storage")
 
 
 class Metrics:
