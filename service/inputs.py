@@ -6,9 +6,10 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,8 @@ from models.predictor import Predictor
 from service.errors import RequestError
 from service.metrics import Metrics
 from service.settings import Settings
+
+T = TypeVar("T")
 
 
 class DecodePool:
@@ -70,6 +73,13 @@ class DecodePool:
                 with self._lock:
                     self._pending -= 1
             raise
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the pool: other CPU-bound image work (rendering), bounded alike.
+
+        It is not counted in `pending`, which counts images on their way to a batch.
+        """
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

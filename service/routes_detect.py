@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import StringConstraints
-from starlette.concurrency import run_in_threadpool
+from torchvision.transforms.v2 import functional as F
 
 from models.detection.predictor import Detection as DetectedObject
 from models.imaging import decode_image
@@ -74,10 +74,23 @@ def wants_image(request: Request, render: bool | None) -> str | None:
 
 def render_detections(data: bytes, detections: list[DetectedObject], settings: Settings,
                       media_type: str) -> bytes:
-    """Decode `data` at full size, draw boxes and labels, encode as `media_type`."""
+    """Decode `data`, draw boxes and labels, encode as `media_type`.
+
+    The drawing's longer side is at most `Settings.render_max_side` (a smaller image
+    is drawn at its own size; boxes are scaled with it): a thin image's full width
+    can be over JPEG's 65,500-pixel limit, and a drawing needs no more pixels than a
+    screen has. CPU-bound: run it in the decode pool, not on the event loop.
+    """
     decoded = decode_image(data, max_pixels=settings.max_image_pixels,
                            max_bytes=settings.max_upload_bytes)  # no draft: original size
-    image = Image.fromarray(decoded.tensor.permute(1, 2, 0).contiguous().numpy())
+    tensor = decoded.tensor  # (3, H, W) uint8, upright
+    h, w = tensor.shape[-2:]
+    ratio = min(1.0, settings.render_max_side / max(h, w))
+    if ratio < 1.0:
+        size = [max(1, round(h * ratio)), max(1, round(w * ratio))]
+        tensor = F.resize(tensor, size, antialias=True)  # (3, h', w')
+    image = Image.fromarray(tensor.permute(1, 2, 0).contiguous().numpy())
+    sx, sy = image.width / decoded.width, image.height / decoded.height  # original → drawing
     draw = ImageDraw.Draw(image)
     side = min(image.size)
     line = max(2, round(side / 250))
@@ -85,6 +98,7 @@ def render_detections(data: bytes, detections: list[DetectedObject], settings: S
     for det in detections:
         colour = PALETTE[det.class_id % len(PALETTE)]
         x1, y1, x2, y2 = det.box
+        x1, y1, x2, y2 = x1 * sx, y1 * sy, x2 * sx, y2 * sy
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
         text = f"{det.label} {det.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -147,8 +161,8 @@ async def detect(
         if media_type is not None:
             await files[0].seek(0)
             data = await files[0].read()
-            body = await run_in_threadpool(render_detections, data, results[0], settings,
-                                           media_type)
+            body = await store.decode_pool.run(render_detections, data, results[0], settings,
+                                               media_type)
             return Response(body, media_type=media_type,
                             headers={"X-Detections": str(len(results[0]))})
         return DetectResponse(

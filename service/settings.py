@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, gt=0,
                                   description="width × height; larger is refused (413)")
     max_files: int = Field(16, gt=0, description="image parts per request")
+    render_max_side: int = Field(
+        4096, gt=0, le=65_500, description="longer side of the annotated image that "
+        "/v1/detect returns with render=true or Accept: image/png|jpeg; larger images are "
+        "drawn scaled down (JPEG's limit is 65,500)")
     default_top_k: int = Field(5, gt=0)
     log_level: str = "info"
     # Operations (docs/operations.md): registry, hot reload, admin API, API keys.
