@@ -16,7 +16,9 @@ The task's side (what data look like, how to fit, how to score) lives in
 
 Exit codes: 0 promoted, 3 champion kept, 2 error (bad data, registry locked, ...).
 A job killed at any point leaves the registry valid: the candidate is trained
-outside it, copied in with a rename, and ``current`` is replaced by a rename.
+in a hidden work folder (``REGISTRY/<name>/.tmp/``, which readers skip), copied
+in with a rename, and ``current`` is replaced by a rename. What a killed job
+left in ``.tmp`` is removed by the next job, under the same lock.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -40,6 +43,7 @@ EXIT_PROMOTED = 0
 EXIT_KEPT = 3
 EXIT_ERROR = 2
 _TASK_MODULES = {"classify": "training.classify.retrain", "detect": "training.detection.retrain"}
+WORK_DIR = ".tmp"  # REGISTRY/<name>/.tmp: the jobs' work folders
 
 
 def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
@@ -124,6 +128,21 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
+def work_folder(root: Path) -> Path:
+    """A fresh work folder in `root`, after removing what killed jobs left there.
+
+    Call it under the name's job lock: no other job can be using `root` then.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.iterdir():
+        log.warning("removing %s, left by a job that was killed", stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"retrain-{os.getpid()}-", dir=root))
+
+
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
     """The job, under the name's lock; returns the report (also written to disk)."""
     registry = ModelRegistry(args.registry)
@@ -142,7 +161,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                                 f"retrain handles {sorted(_TASK_MODULES)}")
         task = importlib.import_module(_TASK_MODULES[champion_manifest.task])
         frozen, source = task.eval_set(args, champion_manifest)
-        work = Path(tempfile.mkdtemp(prefix="ocellus-retrain-"))
+        work = work_folder(registry.root / args.name / WORK_DIR)
         try:
             candidate_path = work / "candidate"
             task.fit_candidate(champion_manifest, champion_path, args, candidate_path)

@@ -140,3 +140,32 @@ def test_a_job_killed_at_any_point_leaves_the_registry_valid(
           f"current {registry.current('colors')}")
     # And the next job runs normally on what the killed ones left.
     assert subprocess.run(cmd, cwd=repo, capture_output=True, timeout=600).returncode == 0
+
+
+def test_the_next_job_removes_what_a_killed_job_left(registry_with_weak_champion: Path) -> None:
+    """Work folders live in REGISTRY/<name>/.tmp; the next job, under the lock, clears it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp = registry_with_weak_champion
+    work = tmp / "registry" / "colors" / ".tmp"
+    common = ["retrain", "--registry", str(tmp / "registry"), "--name", "colors", "--data",
+              str(color_tree(tmp / "leftover-data", 8, seed=7)), "--dry-run"]
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *common, "--epochs", "50"],
+                            cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 120
+        while not list(work.glob("retrain-*/candidate/checkpoints/last.pt")):
+            assert proc.poll() is None and time.monotonic() < end, "no checkpoint in .tmp"
+            time.sleep(0.1)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    (left,) = work.iterdir()
+    assert left.name.startswith(f"retrain-{proc.pid}-")
+    assert ocellus([*common, "--epochs", "1"]) == EXIT_KEPT  # a dry run keeps the champion
+    assert list(work.iterdir()) == []
