@@ -7,14 +7,19 @@ is served, with version, backend and path.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi.security import HTTPBearer
 
 from models.errors import RegistryError
 from service.auth import require_admin
 from service.registry_watch import RegistryWatcher
 from service.schemas import ErrorResponse, ReloadResponse
 
-router = APIRouter(prefix="/v1/models", tags=["admin"], dependencies=[Depends(require_admin)])
+# Only documents the scheme in OpenAPI (auto_error=False): `require_admin` checks the token.
+ADMIN_TOKEN = HTTPBearer(auto_error=False, scheme_name="adminToken",
+                         description="OCELLUS_ADMIN_TOKEN, as `Authorization: Bearer TOKEN`")
+router = APIRouter(prefix="/v1/models", tags=["admin"],
+                   dependencies=[Security(ADMIN_TOKEN), Depends(require_admin)])
 
 ERRORS = {status: {"model": ErrorResponse} for status in (401, 403, 404, 409)}
 NameParam = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="registry name")
