@@ -23,10 +23,10 @@ def _server_class() -> type:
 
 
 def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
-    # Warming and tuning 16 batch sizes takes seconds: the window this test looks into.
+    # Warming and tuning 8 batch sizes takes seconds: the window this test looks into.
     server = _server_class()(["--model", str(tiny_exports[0])], {
         "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
-        "OCELLUS_MAX_BATCH_SIZE": "16"}, tmp_path / "server.log")
+        "OCELLUS_MAX_BATCH_SIZE": "8"}, tmp_path / "server.log")
     try:
         started, end = time.monotonic(), time.monotonic() + 120
         while time.monotonic() < end:  # the first answer of /healthz
