@@ -71,16 +71,32 @@ def build_eager(predictor: Predictor, example: torch.Tensor) -> Forward:
     return predictor.forward
 
 
+class _BatchMajor(torch.nn.Module):
+    """The predictor's model with its `Predictor.batch_major` step, as one traceable module."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.model = predictor.model
+        self._batch_major = predictor.batch_major
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self._batch_major(self.model(x))
+
+
 def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
-    """Trace at `example`'s shape and freeze; batch size stays free (checked by `auto`)."""
+    """Trace at `example`'s shape and freeze; batch size stays free (checked by `auto`).
+
+    The traced module includes `Predictor.batch_major`, so the graph's outputs
+    split by request exactly as eager's do.
+    """
     example = example.contiguous(memory_format=torch.channels_last)
     # TorchScript is deprecated in torch 2.14 (in favour of torch.compile, which is slower
     # here, see above) and warns about shape-dependent padding that is constant at S.
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        graph = torch.jit.freeze(torch.jit.trace(predictor.model, example, check_trace=False,
-                                                 strict=False))
+        graph = torch.jit.freeze(torch.jit.trace(_BatchMajor(predictor).eval(), example,
+                                                 check_trace=False, strict=False))
 
     @torch.inference_mode()
     def forward(batch: torch.Tensor) -> Any:
@@ -128,18 +144,48 @@ def _box_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def rows(outputs: Any, start: int, stop: int, batch_size: int) -> Any:
+    """Rows ``start:stop`` of a batch's raw outputs: how the batcher cuts out each request.
+
+    Every tensor must be batch-major (`Predictor.batch_major`): a tensor whose
+    first dimension is not `batch_size` cannot be split by image, and cutting it
+    by rows anyway would hand one request another's values, so it is an error.
+
+    Raises:
+        ValueError: A tensor that is not ``(batch_size, ...)``.
+        TypeError: Outputs that are not tensors, tuples, lists or dicts of them.
+    """
+    if isinstance(outputs, torch.Tensor):
+        if outputs.ndim == 0 or outputs.shape[0] != batch_size:
+            raise ValueError(f"expected batch-major outputs of {batch_size} rows, got a tensor "
+                             f"of shape {tuple(outputs.shape)}")
+        return outputs[start:stop]
+    if isinstance(outputs, tuple | list):
+        return type(outputs)(rows(o, start, stop, batch_size) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: rows(v, start, stop, batch_size) for k, v in outputs.items()}
+    raise TypeError(f"cannot split model outputs of type {type(outputs).__name__} by image")
+
+
 def agreement(predictor: Predictor, reference: Any, candidate: Any, metas: list[Any]) -> float:
     """Fraction of results that agree: top-1 for classify; matched boxes for detect.
+
+    Each image's results come from its own rows of the outputs (`rows`), the way
+    the batcher serves a request that shares a forward pass with others.
 
     For detection a box agrees when the other side has a box of the same class
     with IoU >= `DETECTION_IOU`; the score is matched boxes over all boxes (both
     sides), and an image with no boxes on either side counts as one agreement.
     """
+    n = len(metas)
+    per_image = [rows(candidate, i, i + 1, n) for i in range(n)]
     if predictor.task == "classify":
-        ref, cand = reference.float().argmax(1), candidate.float().argmax(1)  # (B,)
+        ref = reference.float().argmax(1)  # (N,)
+        cand = torch.cat([c.float().argmax(1) for c in per_image])
         return float((ref == cand).float().mean())
     ref_dets = predictor.postprocess(reference, metas)
-    cand_dets = predictor.postprocess(candidate, metas)
+    cand_dets = [d for c, m in zip(per_image, metas, strict=True)
+                 for d in predictor.postprocess(c, [m])]
     matched = total = 0
     for rs, cs in zip(ref_dets, cand_dets, strict=True):
         if not rs and not cs:

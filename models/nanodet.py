@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,8 @@ class NanoDet(nn.Module):
         """Rebuild from ``NanoDet.config`` (e.g. read back from an export manifest)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
-    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Raw head outputs.
+    def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Raw head outputs (a tuple of tuples, which TorchScript can trace).
 
         Args:
             x: ``(B, 3, H, W)`` RGB, [0, 1] then ImageNet-normalised; H and W
@@ -235,9 +236,9 @@ class NanoDet(nn.Module):
         for feat, convs, pred in zip(feats, self.head_convs, self.head_preds, strict=True):
             y = pred(convs(feat))  # (B, C + 4 * (reg_max + 1), H/s, W/s)
             outs.append((y[:, : self.num_classes], y[:, self.num_classes :]))
-        return outs
+        return tuple(outs)
 
-    def decode(self, outputs: list[tuple[torch.Tensor, torch.Tensor]]
+    def decode(self, outputs: Sequence[tuple[torch.Tensor, torch.Tensor]]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs → xyxy boxes ``(B, A, 4)`` in input pixels, probabilities ``(B, A, C)``.
 
@@ -320,7 +321,7 @@ def import_nanodet(json_path: Path, bin_path: Path) -> tuple[NanoDet, dict[str, 
     return model.eval(), provenance
 
 
-def decode_nanodet(outputs: list[tuple[torch.Tensor, torch.Tensor]],
+def decode_nanodet(outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    strides: tuple[int, ...] = (8, 16, 32),
                    reg_max: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn raw head outputs into boxes and per-class probabilities, one per cell.

@@ -74,10 +74,21 @@ class Predictor:
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> Any:
-        """(B, 3, S, S) → the model's raw outputs."""
+        """(B, 3, S, S) → the model's raw outputs, batch-major (see `batch_major`)."""
         batch = batch.to(self.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
-        return self.model(batch)
+        return self.batch_major(self.model(batch))
+
+    def batch_major(self, outputs: Any) -> Any:
+        """The model's outputs with the batch first in every tensor.
+
+        The service batches requests together and cuts one forward's outputs back
+        into each request's rows (`models.backends.rows`), so every backend's
+        outputs must be tensors, or tuples/lists/dicts of tensors, each ``(B, ...)``.
+        A subclass whose model returns anything else (shared anchors, a named
+        tuple) converts it here; every backend runs through this method.
+        """
+        return outputs
 
     def postprocess(self, outputs: Any, metas: list[Any], **options: Any) -> list[Any]:
         """Raw outputs of a batch → one result per image."""

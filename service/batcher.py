@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from models.backends import rows
 from models.errors import InferenceTimeoutError, ServiceOverloadedError
 from service.errors import RequestError
 
@@ -42,17 +43,6 @@ log = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], Any]
 Postprocess = Callable[..., list[Any]]
-
-
-def slice_outputs(outputs: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of a batch's raw outputs (tensors, or tuples/lists/dicts of them)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs[start:stop]
-    if isinstance(outputs, tuple | list):
-        return type(outputs)(slice_outputs(o, start, stop) for o in outputs)
-    if isinstance(outputs, dict):
-        return {k: slice_outputs(v, start, stop) for k, v in outputs.items()}
-    raise TypeError(f"cannot split model outputs of type {type(outputs).__name__} by image")
 
 
 @dataclass(frozen=True)
@@ -77,7 +67,9 @@ class ServingConfig:
                    torch_threads=settings.torch_threads or torch.get_num_threads())
 
 
-@dataclass
+# eq=False: jobs are found by identity (`_drop`); a generated __eq__ would compare
+# their tensors, and removing any job but the first would raise.
+@dataclass(eq=False)
 class _Job:
     inputs: list[torch.Tensor]  # each (3, S, S)
     metas: list[Any]
@@ -301,7 +293,7 @@ class MicroBatcher:
         else:
             per_job, start = [], 0
             for job in batch:
-                per_job.append(self.postprocess(slice_outputs(outputs, start, start + job.size),
+                per_job.append(self.postprocess(rows(outputs, start, start + job.size, n),
                                                 job.metas, **job.options))
                 start += job.size
         done = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from models.backends import BackendReport, select_backend
+from models.backends import BackendReport, rows, select_backend
 from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchError
 from models.predictor import Predictor
 from models.sample_images import real_images
@@ -125,7 +125,9 @@ class ServedModel:
             size = self.predictor.input_size
             for n in range(1, self.serving.max_batch_size + 1):
                 for _ in range(2):
-                    forward(torch.zeros(n, 3, size, size))
+                    # Raises if an output is not batch-major: the batcher could not cut
+                    # each request's rows out of it, so the model is refused at load.
+                    rows(forward(torch.zeros(n, 3, size, size)), 0, n, n)
             self.batcher.forward = forward
             if self.serving.tune_batch_size and self.serving.max_batch_size > 1:
                 self.batch_report = preferred_batch_size(forward, size,

@@ -107,30 +107,25 @@ class DetectionPredictor(Predictor):
         meta = DetectionMeta(params, width / w, height / h, int(width), int(height))
         return pre.normalize(boxed), meta  # (3, S, S) float
 
-    def forward(self, batch: torch.Tensor) -> Any:
-        """(B, 3, S, S) → raw outputs in which every tensor is batch-major.
+    def batch_major(self, outputs: Any) -> Any:
+        """A `DetectorOutput` → the plain tuple ``(dist, cls, anchors, strides)``, batch-major.
 
-        The service batches requests together, splits outputs by image and may
-        concatenate chunks, so every tensor must have the batch first. A
-        `DetectorOutput` carries per-level anchors ``(A, 2)`` and strides
-        ``(A, 1)`` shared by all images: they are expanded (a view, no copy) to
-        ``(B, A, 2)`` and ``(B, A, 1)``, in a plain tuple. Other models' outputs
+        Its per-level anchors ``(A, 2)`` and strides ``(A, 1)`` are shared by all
+        images: they are expanded (a view, no copy) to ``(B, A, 2)`` and
+        ``(B, A, 1)``, so the rows of any request can be cut out of a batch. A
+        plain tuple also traces (a named tuple does not). Other models' outputs
         (NanoDet: per-level tuples of ``(B, ...)`` tensors) pass unchanged.
         """
-        out = super().forward(batch)
-        if isinstance(out, DetectorOutput):
-            b = out.cls.shape[0]
-            return (out.dist, out.cls, out.anchors.expand(b, -1, -1),
-                    out.strides.expand(b, -1, -1))
-        return out
+        if isinstance(self.model, Detector):
+            dist, cls, anchors, strides = outputs
+            b = cls.shape[0]
+            return dist, cls, anchors.expand(b, -1, -1), strides.expand(b, -1, -1)
+        return outputs
 
     def _decode(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.model, Detector) and not isinstance(outputs, DetectorOutput):
-            dist, cls, anchors, strides = outputs
-            # Batch-major from `forward` (every row holds the same anchors), or as
-            # a traced graph returns them, (A, 2) and (A, 1).
-            outputs = DetectorOutput(dist, cls, anchors[0] if anchors.ndim == 3 else anchors,
-                                     strides[0] if strides.ndim == 3 else strides)
+        if isinstance(self.model, Detector):
+            dist, cls, anchors, strides = outputs  # batch-major: every row the same anchors
+            outputs = DetectorOutput(dist, cls, anchors[0], strides[0])
         return self.model.decode(outputs)
 
     def detect(self, outputs: Any, metas: Sequence[DetectionMeta], *, conf: float = 0.25,
