@@ -127,3 +127,22 @@ def test_render_returns_the_annotated_photo(server):
     # Inside the box, away from its outline and label, the photo is untouched.
     inside = changed[y2 - 60 : y2 - 20, x1 + 40 : x1 + 80]
     assert inside.mean() < 0.05, inside.mean()
+
+
+def test_worst_case_nms_request_is_bounded(server):
+    # Every anchor and class enters NMS and none suppresses another: 16 images x
+    # 3,549 anchors x 80 classes. The boxes entering NMS per image are capped
+    # (MAX_NMS_CANDIDATES), so this is a few seconds of work, not minutes.
+    import time
+
+    data = (DARKNET / "dog.jpg").read_bytes()
+    files = [("file", (f"{i}.jpg", data, "image/jpeg")) for i in range(16)]
+    start = time.perf_counter()
+    r = httpx.post(f"{server.url}/v1/detect", files=files, timeout=120,
+                   params={"conf": 0, "iou": 1, "agnostic": True, "multi_label": True,
+                           "max_det": 1000})
+    seconds = time.perf_counter() - start
+    assert r.status_code == 200, r.text
+    assert [len(x["detections"]) for x in r.json()["results"]] == [1000] * 16
+    # Before the cap: 21 s for the NMS alone on this 2-core box.
+    assert seconds < 15, seconds
