@@ -1,0 +1,221 @@
+"""Every backend answers what eager fp32 answers one request at a time, under any batching.
+
+One server per backend serves all three kinds of model at once: the ImageNet
+classifier, a trained YOLO-style detector and NanoDet. A mix of single- and
+multi-image requests with different options is sent to all three at the same
+time (a long max delay makes sure requests share forward passes, so the
+batcher must split one forward's outputs between requests with different
+options). Each answer is compared with the same request answered alone by the
+eager server.
+
+Tolerances (stated once, here):
+- ``compiled`` is the same fp32 arithmetic with folded batch norm: scores within
+  `FP32_SCORE_TOL`, boxes within `FP32_BOX_TOL` pixels, same labels.
+- ``bf16`` rounds activations to 8 bits of mantissa: it is held to batching
+  invariance at the fp32 tolerance (its answers under load equal its own
+  answers one at a time), and to eager within `BF16`: scores within 0.05, and
+  boxes matched at IoU >= 0.75 rather than by pixels (NMS may keep a
+  neighbouring anchor's box for a weak object); detections whose score is within
+  0.05 of ``conf`` may appear on one side only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.backends import cpu_has_bf16
+
+DARKNET = Path("/usr/share/darknet/data")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    score: float  # absolute, on scores in [0, 1]
+    box_px: float | None = None  # every edge within this many pixels, or
+    min_iou: float | None = None  # boxes overlapping at least this much
+
+    def same_box(self, a: list[float], b: list[float]) -> bool:
+        if self.box_px is not None:
+            return max(abs(x - y) for x, y in zip(a, b, strict=True)) <= self.box_px
+        return _iou(a, b) >= self.min_iou
+
+
+FP32 = Tolerance(score=1e-3, box_px=0.5)
+BF16 = Tolerance(score=0.05, min_iou=0.75)
+
+pytestmark = pytest.mark.slow
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, detector_export, nanodet_source_files) -> dict[str, Path]:
+    from models.defaults import default_classifier_export, default_detector_export
+
+    cache = tmp_path_factory.mktemp("differential-cache")
+    (cache / "npm").symlink_to(nanodet_source_files[0].parents[2], target_is_directory=True)
+    return {"imagenet": default_classifier_export(cache, "efficientnet_lite0"),
+            "coco-nanodet": default_detector_export(cache), "garments": detector_export[0]}
+
+
+@pytest.fixture(scope="module")
+def images(synth_detect_yaml) -> dict[str, bytes]:
+    from skimage import data
+
+    if not (DARKNET / "dog.jpg").is_file():
+        pytest.fail("Debian's darknet package is missing: run `make system-deps`")
+    found = {"chelsea": _jpeg(data.chelsea()), "coffee": _jpeg(data.coffee()),
+             "astronaut": _jpeg(data.astronaut())}
+    for name in ("dog", "person", "giraffe", "horses"):
+        found[name] = (DARKNET / f"{name}.jpg").read_bytes()
+    val = sorted((synth_detect_yaml.parent / "images" / "val").glob("*.jpg"))[:4]
+    assert len(val) == 4, synth_detect_yaml
+    found.update({f"synth{i}": p.read_bytes() for i, p in enumerate(val)})
+    return found
+
+
+def _requests() -> list[tuple[str, str, list[str], dict[str, Any]]]:
+    """(route, model, image names, query) of every request in the mix."""
+    out = []
+    photos = ["chelsea", "coffee", "astronaut", "dog"]
+    for i, k in enumerate((1, 3, 5)):
+        out.append(("classify", "imagenet", [photos[i]], {"top_k": k}))
+        out.append(("classify", "imagenet", photos[i:i + 2], {"top_k": k + 1}))
+    out.append(("classify", "imagenet", photos[:3], {"top_k": 2}))
+    for name, pool in (("coco-nanodet", ["dog", "person", "giraffe", "horses"]),
+                       ("garments", ["synth0", "synth1", "synth2", "synth3"])):
+        for i, conf in enumerate((0.05, 0.1, 0.2)):
+            out.append(("detect", name, [pool[i]], {"conf": conf}))
+            out.append(("detect", name, pool[i:i + 2], {"conf": conf, "agnostic": i == 1}))
+            out.append(("detect", name, [pool[3 - i]],
+                        {"conf": conf, "iou": 0.6, "multi_label": i != 0, "max_det": 20}))
+    return out
+
+
+async def _send(client: httpx.AsyncClient, url: str, request, images) -> dict:
+    route, model, names, query = request
+    files = [("file", (f"{n}.jpg", images[n], "image/jpeg")) for n in names]
+    r = await client.post(f"{url}/v1/{route}", params={**query, "model": model}, files=files)
+    assert r.status_code == 200, (request, r.status_code, r.text)
+    return r.json()
+
+
+async def _one_at_a_time(url: str, requests, images) -> list[dict]:
+    async with httpx.AsyncClient(timeout=300) as client:
+        return [await _send(client, url, req, images) for req in requests]
+
+
+async def _all_at_once(url: str, requests, images) -> list[dict]:
+    async with httpx.AsyncClient(timeout=300) as client:
+        return list(await asyncio.gather(*(_send(client, url, req, images)
+                                           for req in requests)))
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
+
+
+def differences(reference: dict, answer: dict, tol: Tolerance,
+                conf: float | None = None) -> list[str]:
+    """What differs between two answers to the same request, beyond the tolerance."""
+    score_tol = tol.score
+    found = []
+    for i, (ref, got) in enumerate(zip(reference["results"], answer["results"], strict=True)):
+        if (ref["filename"], ref["width"], ref["height"]) != (
+                got["filename"], got["width"], got["height"]):
+            found.append(f"image {i}: {ref['filename']} answered as {got['filename']}")
+        if "predictions" in ref:
+            rs, gs = ref["predictions"], got["predictions"]
+            for r, g in zip(rs, gs, strict=True):
+                close_tie = any(abs(r["score"] - o["score"]) <= score_tol for o in rs
+                                if o is not r)
+                if r["label"] != g["label"] and not close_tie:
+                    found.append(f"image {i}: {r['label']} vs {g['label']}")
+                if abs(r["score"] - g["score"]) > score_tol and r["label"] == g["label"]:
+                    found.append(f"image {i}: {r['label']} score {r['score']} vs {g['score']}")
+            continue
+        free = list(got["detections"])
+        for r in ref["detections"]:
+            hit = next((g for g in free if g["class_id"] == r["class_id"]
+                        and tol.same_box(r["box"], g["box"])
+                        and abs(r["score"] - g["score"]) <= score_tol), None)
+            if hit is not None:
+                free.remove(hit)
+            elif conf is None or r["score"] > conf + score_tol:
+                found.append(f"image {i}: lost {r['label']} {r['score']:.3f} {r['box']}")
+        found += [f"image {i}: extra {g['label']} {g['score']:.3f} {g['box']}" for g in free
+                  if conf is None or g["score"] > conf + score_tol]
+    return found
+
+
+def _serve(start_server, exports: dict[str, Path], backend: str):
+    args = [a for path in exports.values() for a in ("--model", str(path))]
+    return start_server(*args, env={"OCELLUS_BACKEND": backend, "OCELLUS_MAX_DELAY_MS": "300",
+                                    "OCELLUS_MAX_BATCH_SIZE": "4",
+                                    "OCELLUS_TUNE_BATCH_SIZE": "false"})
+
+
+def _batches(url: str) -> tuple[float, float]:
+    """(forward passes, images in them) so far, over every model."""
+    forwards = images = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("ocellus_batch_size_count{"):
+            forwards += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("ocellus_batch_size_sum{"):
+            images += float(line.rsplit(" ", 1)[1])
+    return forwards, images
+
+
+@pytest.fixture(scope="module")
+def reference(start_server, exports, images) -> tuple[Any, list[dict]]:
+    """The eager server, and its answers to every request sent alone."""
+    server = _serve(start_server, exports, "eager")
+    return server, asyncio.run(_one_at_a_time(server.url, _requests(), images))
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled", "bf16"])
+def test_backend_answers_what_eager_answers_alone(backend, start_server, exports, images,
+                                                  reference) -> None:
+    if backend == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    eager_server, expected = reference
+    server = eager_server if backend == "eager" else _serve(start_server, exports, backend)
+    requests = _requests()
+    before = _batches(server.url)
+    together = asyncio.run(_all_at_once(server.url, requests, images))
+    forwards, batched_images = (a - b for a, b in zip(_batches(server.url), before, strict=True))
+    # The mix really shared forward passes: fewer forwards than images.
+    assert forwards < batched_images, (forwards, batched_images)
+    report: dict[str, int] = {}
+    failures = []
+    if backend == "bf16":
+        # Batching invariance at fp32 tolerance, then eager at bf16's.
+        alone = asyncio.run(_one_at_a_time(server.url, requests, images))
+        checks = [(alone, together, FP32), (expected, alone, BF16)]
+    else:
+        checks = [(expected, together, FP32)]
+    for ref_answers, answers, tol in checks:
+        for request, ref, got in zip(requests, ref_answers, answers, strict=True):
+            diff = differences(ref, got, tol, conf=request[3].get("conf"))
+            report[request[1]] = report.get(request[1], 0) + bool(diff)
+            if diff:
+                failures.append(f"{request}: {diff[:3]}")
+    print(f"\n{backend}: {len(requests)} requests ({batched_images} images in {forwards} "
+          f"forwards) per check; answers that differ, per model: {report}")
+    assert not failures, "\n".join(failures)
