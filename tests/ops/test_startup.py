@@ -53,3 +53,25 @@ def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
         server.stop()
     # uvicorn re-raises the SIGTERM after its graceful shutdown, which completed.
     assert "Application shutdown complete" in server.log.read_text()
+
+
+def test_sigterm_while_loading_shuts_down_cleanly(tiny_exports, tmp_path) -> None:
+    server = _server_class()(["--model", str(tiny_exports[0])], {
+        "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
+        "OCELLUS_MAX_BATCH_SIZE": "8"}, tmp_path / "server.log")
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            assert server.alive(), server.log.read_text()[-3000:]
+            try:
+                ready = httpx.get(f"{server.url}/readyz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert ready.json()["status"] == "loading", ready.text
+        server.proc.terminate()  # the model being loaded is closed; nothing else loads
+        server.proc.wait(60)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "Application shutdown complete" in log and "Traceback" not in log, log[-3000:]
