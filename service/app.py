@@ -93,7 +93,8 @@ async def _load_models(store: ModelStore, settings: Settings, metrics: Metrics,
                 name = await anyio.to_thread.run_sync(_name_of, path)
                 log.error("model %s (%s) refused: %s", name, path, exc)
                 metrics.record_load(name, False)
-                store.refuse(name, exc, path=Path(path), root=Path(path).resolve().parent)
+                store.refuse(name, exc, path=Path(path).resolve(),
+                             root=Path(path).resolve().parent)
                 continue
             if stop.is_set():
                 served.close()
