@@ -11,7 +11,9 @@ want=()
 [ -x /usr/bin/prometheus ] || want+=(prometheus)
 # tests/ops/test_deploy_config.py parses docker-compose.yml with a real compose CLI
 # (`config` needs no Docker engine).
-command -v docker-compose >/dev/null || command -v docker >/dev/null || want+=(docker-compose)
+# A docker client without its compose plugin does not count: check that compose answers.
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+    || want+=(docker-compose)
 [ -n "${want[*]:-}" ] || exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
