@@ -33,6 +33,21 @@ def nanodet_source_files() -> tuple[Path, Path]:
     return json_path, bin_path
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the module, restored afterwards.
+
+    On a shared few-core machine, intra-op threads oversubscribe the CPU and a
+    224px forward takes seconds instead of ~50 ms.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import batched_nms
 
-
 # NMS on CPU is quadratic in the boxes that survive: with conf=0, iou=1, agnostic and
 # multi_label, NanoDet's 3,549 anchors x 80 classes all enter it. Measured on this
 # project's 2-core box, 16 such images took 21 s at 10,000 candidates per image. At

@@ -1,4 +1,5 @@
-"""Backends split by request exactly as eager does; `auto` checks through the same split."""
+"""Backends: each splits by request exactly as eager does; `auto` takes the fastest that agrees,
+checked through the same split (tiny models, deliberately broken fast paths)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 from models.backends import BUILDERS, rows, select_backend
 from models.detection import Detector
 from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
+from models.predictor import ClassificationPredictor
+from models.preprocess import Preprocessing
 from models.sample_images import real_images
 
 SIZE = 64
@@ -66,14 +70,6 @@ def test_rows_refuses_outputs_that_are_not_batch_major() -> None:
         rows((torch.zeros(4, 21, 3), anchors), 1, 2, 4)
 
 
-def _slow_eager(predictor, example):
-    """The eager reference, made slower so that the candidate is timed as faster."""
-    def forward(batch):
-        time.sleep(0.02)
-        return predictor.forward(batch)
-    return forward
-
-
 def _shared_anchors(predictor, example):
     """A fast path right for whole batches, wrong for a request cut out of one: anchors and
     strides come back ``(A, 2)`` and ``(A, 1)``, not batch-major."""
@@ -90,3 +86,67 @@ def test_auto_refuses_a_backend_whose_outputs_cannot_be_split_by_request(detecto
     assert report.name == "eager", report
     assert "shared failed on real images" in report.reason
     assert "batch-major" in report.reason
+
+
+class _Tiny(nn.Module):
+    """(B, 3, 32, 32) → (B, 10) logits: a random conv net, enough to tell paths apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _tiny_predictor() -> ClassificationPredictor:
+    manifest = Manifest(task="classify", architecture={"name": "tiny"},
+                        labels=[str(i) for i in range(10)],
+                        preprocessing=Preprocessing(crop_size=32, resize_size=36).to_dict())
+    return ClassificationPredictor(_Tiny(), manifest)
+
+
+def _slow_eager(predictor, example):
+    """The eager reference, made slower so that every candidate is timed as faster."""
+    def forward(batch):
+        time.sleep(0.02)
+        return predictor.forward(batch)
+    return forward
+
+
+def _broken(predictor, example):
+    """A 'fast path' that is fast and wrong: it returns noise of the right shape."""
+    gen = torch.Generator().manual_seed(0)
+    return lambda batch: torch.randn(len(batch), len(predictor.labels), generator=gen)
+
+
+def test_auto_backend_falls_back_when_agreement_is_too_low() -> None:
+    predictor = _tiny_predictor()
+    samples = real_images(limit=24)
+    assert len(samples) == 24
+    _, report = select_backend(predictor, "auto", samples, batch_size=4,
+                               builders={"eager": _slow_eager, "broken": _broken})
+    assert report.throughput["broken"] > report.throughput["eager"]
+    assert report.name == "eager"
+    assert report.agreement["broken"] < 0.995
+    assert "broken agreement" in report.reason and "fell back" in report.reason
+
+
+def test_auto_backend_takes_a_fast_path_that_agrees() -> None:
+    predictor = _tiny_predictor()
+    fn, report = select_backend(predictor, "auto", real_images(limit=24), batch_size=4,
+                                builders={"eager": _slow_eager,
+                                          "broken": _broken,
+                                          "compiled": BUILDERS["compiled"]})
+    assert report.name == "compiled", report
+    assert report.agreement["compiled"] >= 0.995
+    x = torch.randn(3, 3, 32, 32)  # a batch size other than the traced one
+    torch.testing.assert_close(fn(x), predictor.forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_backend_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select_backend(_tiny_predictor(), "tensorrt", [])

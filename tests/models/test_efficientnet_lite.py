@@ -16,14 +16,7 @@ CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, E
 ESPRESSO = 967
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared few-core machine, intra-op threads oversubscribe the CPU and a
-    # 224px forward takes seconds instead of ~50 ms; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

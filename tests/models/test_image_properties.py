@@ -37,7 +37,8 @@ from models.imaging import decode_image
 from models.predictor import ClassificationPredictor
 from models.preprocess import Preprocessing
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision"),
+              pytest.mark.usefixtures("one_thread")]
 
 MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "CMYK"]
 MAX_PIXELS = 300_000  # per drawn image: keeps an example well under a second
@@ -47,13 +48,6 @@ CLASSIFY_SIZE, DETECT_SIZE = 224, 64
 SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the stored image by 90 degrees
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A shared few-core machine: one intra-op thread, restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyClassifier(nn.Module):
