@@ -24,8 +24,10 @@ STAGES = ("decode", "preprocess", "queue", "forward", "postprocess")
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 PIXEL_BUCKETS = (32, 64, 128, 224, 320, 480, 640, 800, 1024, 1280, 1920, 2560, 3840, 7680)
 BYTE_BUCKETS = tuple(1024 * 4**i for i in range(10))  # 1 KiB .. 256 MiB
+# Every reason a request is refused for: each series exists (at 0) from the start, so
+# a dashboard's rate() sees the first refusal instead of a series that appears.
 REJECT_REASONS = ("overload", "too_large", "bad_image", "unsupported", "unauthorized", "timeout",
-                  "disconnected", "insufficient_storage")
+                  "loading", "disconnected", "insufficient_storage")
 
 
 class Metrics:
@@ -56,6 +58,8 @@ class Metrics:
         self.rejected = Counter(
             "ocellus_rejected_requests_total", "Requests refused, by reason.", ["reason"],
             registry=r)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
         # Models: info and age are read from the store at scrape time (ModelCollector).
         self.model_loads = Counter(
             "ocellus_model_loads_total", "Model loads (start-up and reloads), by result.",

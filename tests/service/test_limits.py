@@ -58,7 +58,7 @@ def _png(side: int = 48) -> bytes:
 
 
 def _heavy_png(side: int = 3000) -> bytes:
-    """~35 KB that take a second or more to decode: a smooth gradient, 9 MP."""
+    """Few bytes, many pixels to decode: a smooth gradient of side x side pixels."""
     row = np.linspace(0, 255, side, dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(np.stack([np.tile(row, (side, 1))] * 3, -1)).save(buf, "PNG")
@@ -242,7 +242,9 @@ def test_a_client_gone_is_neither_decoded_nor_forwarded(server) -> None:
 
 
 def test_the_deadline_covers_waiting_for_the_decode_pool(tight_server) -> None:
-    heavy = _heavy_png()
+    # 12 x 16 MP on one decode thread: however fast this machine decodes, the last
+    # ones wait well past the 0.5 s timeout.
+    heavy = _heavy_png(4000)
     decoded_before = _metric(tight_server.url, "ocellus_inference_duration_seconds_count",
                              stage="decode")
 
@@ -250,7 +252,7 @@ def test_the_deadline_covers_waiting_for_the_decode_pool(tight_server) -> None:
         async with httpx.AsyncClient(timeout=60) as client:
             return await asyncio.gather(*(
                 client.post(f"{tight_server.url}/v1/classify",
-                            files={"file": (f"{i}.png", heavy)}) for i in range(4)))
+                            files={"file": (f"{i}.png", heavy)}) for i in range(12)))
 
     answers = asyncio.run(flood())
     assert {r.status_code for r in answers} <= {200, 503}, [r.text for r in answers]
