@@ -59,7 +59,7 @@ def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
 def test_sigterm_while_loading_shuts_down_cleanly(tiny_exports, tmp_path) -> None:
     server = _server_class()(["--model", str(tiny_exports[0])], {
         "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
-        "OCELLUS_MAX_BATCH_SIZE": "8"}, tmp_path / "server.log")
+        "OCELLUS_MAX_BATCH_SIZE": "32"}, tmp_path / "server.log")  # a long warm-up, as above
     try:
         end = time.monotonic() + 120
         while time.monotonic() < end:
