@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from service.metrics import Metrics
 from service.model_store import ModelStore
@@ -28,3 +28,25 @@ async def get_metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+# The `model` query parameter of the inference routes, checked before the upload is
+# read: declared before the upload in a route, it answers an unknown name (404), a
+# model of another task (400) or a store still loading (503) without reading the
+# body. The route then takes the model with `ModelStore.use`, which checks again.
+async def classify_model(store: StoreDep, model: Annotated[str | None, Query(
+        description="model name; default: the first loaded classify model")] = None
+                         ) -> str | None:
+    store.get(model, "classify")
+    return model
+
+
+async def detect_model(store: StoreDep, model: Annotated[str | None, Query(
+        description="model name; default: the first loaded detect model")] = None
+                       ) -> str | None:
+    store.get(model, "detect")
+    return model
+
+
+ClassifyModelDep = Annotated[str | None, Depends(classify_model)]
+DetectModelDep = Annotated[str | None, Depends(detect_model)]

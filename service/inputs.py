@@ -9,16 +9,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from models.errors import ImageTooLargeError, InferenceTimeoutError
+from models.errors import InferenceTimeoutError
 from models.imaging import decode_image
 from models.predictor import Predictor
-from service.errors import RequestError
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -51,19 +50,19 @@ class DecodePool:
         """Images submitted and not yet decoded and preprocessed."""
         return self._pending
 
-    def _run(self, data: bytes, filename: str | None, predictor: Predictor,
+    def _run(self, upload: BinaryIO, filename: str | None, predictor: Predictor,
              settings: Settings, model: str) -> PreparedImage:
         try:
-            return _prepare(data, filename, predictor, settings, self.metrics, model)
+            return _prepare(upload, filename, predictor, settings, self.metrics, model)
         finally:
             with self._lock:
                 self._pending -= 1
 
-    async def prepare(self, data: bytes, filename: str | None, predictor: Predictor,
+    async def prepare(self, upload: BinaryIO, filename: str | None, predictor: Predictor,
                       settings: Settings, model: str) -> PreparedImage:
         with self._lock:
             self._pending += 1
-        job = self._executor.submit(self._run, data, filename, predictor, settings, model)
+        job = self._executor.submit(self._run, upload, filename, predictor, settings, model)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
@@ -118,9 +117,22 @@ class PreparedImage:
     brightness: float | None = None  # mean RGB value in [0, 1], for the input-drift metrics
 
 
-def _prepare(data: bytes, filename: str | None, predictor: Predictor,
+def read_part(upload: BinaryIO, settings: Settings) -> bytes:
+    """An uploaded part's bytes (blocking: call it in the decode pool).
+
+    Parts are read here, in the pool, rather than in the route: a part's bytes are in
+    memory only while it is decoded, so RAM holds about one part per decode thread,
+    however many requests wait (their bodies stay in Starlette's spooled files, on
+    disk past 1 MB each). One byte over the limit is read, for `decode_image` to refuse.
+    """
+    upload.seek(0)
+    return upload.read(settings.max_upload_bytes + 1)
+
+
+def _prepare(upload: BinaryIO, filename: str | None, predictor: Predictor,
              settings: Settings, metrics: Metrics | None = None,
              model: str = "") -> PreparedImage:
+    data = read_part(upload, settings)
     started = time.perf_counter()
     decoded = decode_image(data, max_pixels=settings.max_image_pixels,
                            max_bytes=settings.max_upload_bytes,
@@ -142,7 +154,7 @@ async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
                           settings: Settings, *, pool: DecodePool | None = None,
                           model: str | None = None,
                           deadline: Deadline | None = None) -> list[PreparedImage]:
-    """Check limits, then decode and preprocess every part in the thread pool.
+    """Decode and preprocess every part in the thread pool.
 
     Args:
         pool: The service's bounded decode pool (`ModelStore.decode_pool`); without
@@ -151,20 +163,11 @@ async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
         deadline: The request's; images still waiting for the pool then are dropped.
 
     Raises:
-        RequestError: Too many parts.
         ImageTooLargeError, ImageDecodeError, UnsupportedImageFormatError: A bad part.
         InferenceTimeoutError: Not decoded by the deadline (503 with Retry-After).
     """
-    if len(files) > settings.max_files:
-        raise RequestError(f"too many files: the limit is {settings.max_files} per request, "
-                           f"got {len(files)}", status=413, code="too_many_files")
-    payloads = []
-    for f in files:
-        if f.size is not None and f.size > settings.max_upload_bytes:
-            raise ImageTooLargeError(
-                f"{f.filename or 'upload'}: {f.size} bytes is over the limit of "
-                f"{settings.max_upload_bytes} bytes per file")
-        payloads.append((await f.read(), f.filename))
+    # The parts' count and sizes were checked as they streamed (service/uploads.py).
+    payloads = [(f.file, f.filename) for f in files]
     if pool is None:
         return list(await asyncio.gather(*(
             run_in_threadpool(_prepare, data, name, predictor, settings)

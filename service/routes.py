@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.auth import is_admin
-from service.deps import MetricsDep, SettingsDep, StoreDep
+from service.deps import ClassifyModelDep, MetricsDep, SettingsDep, StoreDep
 from service.inputs import Deadline, prepare_uploads
 from service.model_store import ModelStore
 from service.redaction import public_manifest
@@ -30,8 +30,6 @@ from service.uploads import UPLOAD_BODY, UploadsDep
 router = APIRouter()
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
-ModelParam = Annotated[str | None, Query(description="model name; default: the first loaded "
-                                                      "model of this task")]
 
 
 @router.get("/healthz", response_model=Status, tags=["health"])
@@ -100,9 +98,9 @@ async def classify(
     store: StoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    model: ClassifyModelDep,  # before the upload: a bad name costs no body read
     files: UploadsDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = 5,
-    model: ModelParam = None,
 ) -> ClassifyResponse:
     """Classify one or more uploaded images (multipart parts named ``file``)."""
     with store.use(model, "classify") as served:

@@ -14,9 +14,9 @@ from torchvision.transforms.v2 import functional as F
 
 from models.detection.predictor import Detection as DetectedObject
 from models.imaging import decode_image
-from service.deps import SettingsDep, StoreDep
+from service.deps import DetectModelDep, SettingsDep, StoreDep
 from service.errors import RequestError
-from service.inputs import Deadline, prepare_uploads
+from service.inputs import Deadline, prepare_uploads, read_part
 from service.schemas import Detection, DetectResponse, DetectResult, ErrorResponse, ModelRef
 from service.settings import Settings
 from service.uploads import UPLOAD_BODY, UploadsDep
@@ -118,6 +118,7 @@ async def detect(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
+    model: DetectModelDep,  # before the upload: a bad name costs no body read
     files: UploadsDep,
     conf: Annotated[float, Query(ge=0, le=1, description="score threshold")] = 0.25,
     iou: Annotated[float, Query(ge=0, le=1, description="NMS IoU threshold")] = 0.45,
@@ -129,8 +130,6 @@ async def detect(
         description="every class above conf at a location is a candidate, not only the "
                     "best one; default: the model's own way (true for NanoDet, as upstream; "
                     "false for the YOLO-style detector, as Ultralytics)")] = None,
-    model: Annotated[str | None, Query(description="model name; default: the first loaded "
-                                                   "detection model")] = None,
     render: Annotated[bool | None, Query(
         description="return the image with boxes drawn (PNG, or JPEG with Accept: "
                     "image/jpeg) instead of JSON; only the FIRST image of the request is "
@@ -157,10 +156,10 @@ async def detect(
                                      agnostic=agnostic, multi_label=multi_label)
         metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])
         if media_type is not None:
-            await files[0].seek(0)
-            data = await files[0].read()
-            body = await store.decode_pool.run(render_detections, data, results[0], settings,
-                                               media_type)
+            upload = files[0].file  # read in the pool, as for decoding (service/inputs.py)
+            body = await store.decode_pool.run(
+                lambda: render_detections(read_part(upload, settings), results[0], settings,
+                                          media_type))
             return Response(body, media_type=media_type,
                             headers={"X-Detections": str(len(results[0]))})
         return DetectResponse(

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Request
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -112,7 +113,11 @@ async def read_uploads(request: Request, settings: SettingsDep) -> AsyncIterator
                 f"{len(files)} files and {len(parts) - len(files)} text fields by that name")
         yield files
     finally:
-        await form.close()
+        # Shielded: when the client has gone, the request is cancelled, and a cancelled
+        # scope would refuse the thread that close() hands each spooled file to, leaving
+        # the files (up to max_files x max_upload_bytes on disk) open.
+        with anyio.CancelScope(shield=True):
+            await form.close()
 
 
 UploadsDep = Annotated[list[UploadFile], Depends(read_uploads)]

@@ -82,8 +82,8 @@ def _wait_for(condition, what: str, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-def _head(port: int, headers: dict[str, str]) -> bytes:
-    lines = ["POST /v1/classify HTTP/1.1", f"Host: 127.0.0.1:{port}",
+def _head(port: int, headers: dict[str, str], path: str = "/v1/classify") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
              f"Content-Type: multipart/form-data; boundary={BOUNDARY}",
              *(f"{k}: {v}" for k, v in headers.items()), "", ""]
     return "\r\n".join(lines).encode()
@@ -112,15 +112,15 @@ def _read_response(sock: socket.socket, timeout: float = 30) -> tuple[int, dict,
     return int(status_line.split()[1]), headers, body
 
 
-def _stream_until_answered(port: int, chunks: Iterable[bytes],
-                           pause: float = 0.005) -> tuple[int, int, dict]:
+def _stream_until_answered(port: int, chunks: Iterable[bytes], pause: float = 0.005,
+                           path: str = "/v1/classify") -> tuple[int, int, dict]:
     """POST a chunked body slowly; stop sending as soon as the server answers.
 
     Returns:
         Body bytes sent before the answer, its status, its JSON error.
     """
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(_head(port, {"Transfer-Encoding": "chunked"}))
+        sock.sendall(_head(port, {"Transfer-Encoding": "chunked"}, path))
         sent = 0
         for chunk in chunks:
             if select.select([sock], [], [], pause)[0]:
@@ -185,6 +185,17 @@ def test_a_file_over_the_byte_limit_is_refused_while_it_streams(server) -> None:
     assert sent < MAX_UPLOAD_BYTES + 48 * CHUNK, f"{sent} bytes sent before the 413"
 
 
+def test_an_unknown_model_is_refused_before_the_body_is_read(server) -> None:
+    # One 240 kB part (under the file limit) sent 16 kB at a time.
+    data = _part("a.png") + b"\x89PNG" + b"\0" * (240 * 1024)
+    chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+    sent, status, error = _stream_until_answered(server.port, chunks,
+                                                 path="/v1/classify?model=nope")
+    print(f"unknown model: refused after {sent} of {len(data)} bytes sent")
+    assert (status, error["code"]) == (404, "model_not_found"), error
+    assert sent <= 3 * CHUNK, f"{sent} bytes sent: the body was read first"
+
+
 def test_a_thousand_tiny_text_fields_are_refused(server) -> None:
     r = httpx.post(f"{server.url}/v1/classify", files={"file": ("a.png", _png())},
                    data={f"f{i}": "x" for i in range(1000)}, timeout=30)
@@ -223,11 +234,11 @@ def test_a_client_gone_is_neither_decoded_nor_forwarded(server) -> None:
                 _metric(server.url, "ocellus_rejected_requests_total", reason="disconnected"))
 
     before = counts()
-    heavy = _heavy_png()
+    heavy = _heavy_png(4000)
     with ThreadPoolExecutor(1) as pool:
-        # A keeps the one decode thread busy for seconds...
+        # A keeps the one decode thread busy for seconds (4 x 16 MP)...
         a = pool.submit(httpx.post, f"{server.url}/v1/classify", timeout=120,
-                        files=[("file", ("a1.png", heavy)), ("file", ("a2.png", heavy))])
+                        files=[("file", (f"a{i}.png", heavy)) for i in range(4)])
         _wait_for(lambda: _metric(server.url, "ocellus_requests_in_flight") == 1, "A")
         # ... while B, sent whole, waits behind it, and its client goes away.
         png = _png()
@@ -238,7 +249,7 @@ def test_a_client_gone_is_neither_decoded_nor_forwarded(server) -> None:
         _wait_for(lambda: counts()[2] == before[2] + 1, "B counted as disconnected")
         assert a.result().status_code == 200, a.result().text
     decoded, forwards, gone = (x - y for x, y in zip(counts(), before, strict=True))
-    assert (decoded, forwards, gone) == (2, 1, 1), "B was decoded or forwarded"
+    assert (decoded, forwards, gone) == (4, 1, 1), "B was decoded or forwarded"
 
 
 def test_the_deadline_covers_waiting_for_the_decode_pool(tight_server) -> None:
