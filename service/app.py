@@ -118,6 +118,12 @@ async def _load_then_poll(store: ModelStore, settings: Settings, metrics: Metric
         await watcher.poll_forever()
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    # Logged when it happens, not only when shutdown awaits the task.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading or polling the models stopped", exc_info=task.exception())
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -138,6 +144,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Loading runs in the background: uvicorn listens once the lifespan has yielded.
     store.loading, stop = True, asyncio.Event()
     background = asyncio.create_task(_load_then_poll(store, settings, metrics, watcher, stop))
+    background.add_done_callback(_log_failure)
     try:
         yield
     finally:
@@ -145,7 +152,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not store.loading:  # polling: stop it now
             background.cancel()
         # While loading, wait: the model being loaded is closed, the others are skipped.
-        with contextlib.suppress(asyncio.CancelledError):
+        # A failure was logged when it happened (_log_failure); the models close below.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await background
         if watcher is not None:
             watcher.close()

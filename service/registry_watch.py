@@ -84,7 +84,13 @@ class RegistryWatcher:
         fails to load, is refused (logged, counted, listed by /readyz); the other
         names load and serve. Returns early once `stop` is set (shutdown).
         """
-        names = await anyio.to_thread.run_sync(self.registry.names)
+        try:
+            names = await anyio.to_thread.run_sync(self.registry.names)
+        except OSError as exc:  # an unreadable mount: refuse the registry, say why, go on
+            log.error("registry %s cannot be read: %s", self.registry.root, exc)
+            self.metrics.record_load("registry", False)
+            self.store.refuse("registry", exc, path=self.registry.root, root=self.registry.root)
+            return
         if not names:
             log.warning("registry %s has no name with a current version: /readyz answers 503 "
                         "until one is promoted (`ocellus registry ... publish --promote`)",
@@ -193,7 +199,12 @@ class RegistryWatcher:
         """Reload every name whose ``current`` changed, every `poll_seconds`."""
         while True:
             await asyncio.sleep(self.poll_seconds)
-            for name in await anyio.to_thread.run_sync(self.registry.names):
+            try:
+                names = await anyio.to_thread.run_sync(self.registry.names)
+            except OSError:  # an unreadable mount: keep serving what is loaded, try again
+                log.exception("registry %s cannot be read", self.registry.root)
+                continue
+            for name in names:
                 try:
                     await self.reload(name)
                 except VersionRefusedError:
