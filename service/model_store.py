@@ -21,6 +21,7 @@ from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
 from service.inputs import DecodePool
 from service.metrics import Metrics
+from service.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,10 @@ class Refusal:
     def view(self, *, admin: bool) -> dict[str, Any]:
         """The JSON of /readyz and /v1/models; absolute paths for the admin only."""
         path, reason = self.path, self.reason
-        if not admin and self.root is not None:
-            reason = reason.replace(f"{self.root}/", "")
-            path = path.relative_to(self.root) if path and path.is_relative_to(self.root) \
-                else None
-        elif not admin:
-            path = None
+        if not admin:
+            reason = redact_text(reason, self.root)
+            path = path.relative_to(self.root) if path and self.root is not None \
+                and path.is_relative_to(self.root) else None
         return {"name": self.name, "version": self.version, "reason": reason,
                 "path": str(path) if path is not None else None,
                 "refused_at": self.refused_at}

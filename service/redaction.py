@@ -10,6 +10,7 @@ data, so they are shown with the admin token only.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 REDACTED = "<redacted>"
@@ -18,11 +19,23 @@ _HIDDEN_TRAINING_KEYS = ("args", "train_args")
 # The sections that may hold paths (labels, architecture and preprocessing do not).
 _SCRUBBED_SECTIONS = ("dataset", "training", "provenance", "metrics")
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+# An absolute POSIX path inside free text (an error message): from a slash that starts
+# a word up to the next space, quote or bracket.
+_PATH_IN_TEXT = re.compile(r"(?<![\w.~/])/[^\s'\"`()\[\]{}<>,;:]+")
 
 
 def looks_like_path(value: str) -> bool:
     """An absolute POSIX or Windows path, or one from a home folder."""
     return value.startswith(("/", "~")) or bool(_WINDOWS_PATH.match(value))
+
+
+def redact_text(text: str, root: Path | None = None) -> str:
+    """An error message without absolute paths: those under `root` made relative to it
+    (as given, or resolved), any other replaced by `REDACTED`."""
+    if root is not None:
+        for prefix in {str(root), str(root.resolve())}:
+            text = text.replace(prefix.rstrip("/") + "/", "")
+    return _PATH_IN_TEXT.sub(REDACTED, text)
 
 
 def _scrub(value: Any, key: str = "") -> Any:

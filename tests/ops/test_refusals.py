@@ -127,8 +127,11 @@ def test_models_hide_paths_and_training_args_without_the_admin_token(registry_se
 
 def test_a_bad_export_given_with_model_is_refused_alone(start_server, tiny_exports,
                                                         tmp_path) -> None:
-    bad = tmp_path / "broken-export"
-    bad.mkdir()
+    # Given through a symlinked folder, as a mount or a ConfigMap's ..data often is: the
+    # path in the error is not under the resolved folder, and must not show either.
+    (tmp_path / "real" / "broken-export").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    bad = tmp_path / "link" / "broken-export"
     (bad / MANIFEST_FILE).write_text("{not json")
     # A blank admin token (what `${OCELLUS_ADMIN_TOKEN:-}` gave) is no token.
     server = start_server("--model", str(tiny_exports[0]), "--model", str(bad),
