@@ -2,8 +2,9 @@
 
 Every file goes to /v1/classify and /v1/detect, and the long, thin ones also to
 /v1/detect rendered as JPEG. Each answer must be a 200 or a clear 4xx in the one
-JSON error shape, within `REQUEST_LIMIT_S`, and the server's resident memory must
-not grow by more than `RSS_GROWTH_LIMIT_MB` over the whole corpus. The figures
+JSON error shape, within `REQUEST_LIMIT_S` (`AT_PIXEL_CAP_LIMIT_S` for the 48 MP
+strips), and the server's resident memory must not grow by more than
+`RSS_GROWTH_LIMIT_MB` over the whole corpus. The figures
 (cases, 5xx, slowest request, RSS) are printed; run with ``-s`` to see them.
 """
 
@@ -30,12 +31,18 @@ pytestmark = pytest.mark.slow
 # decode alone (PIL's PNG reader, one row at a time) is ~0.6 s on one idle core. Before
 # the bounded preprocessing they got a 500 or took 40 s, far beyond any such limit.
 REQUEST_LIMIT_S = 2.0
+# The three strips at the pixel cap (48 MP, under max_image_pixels): decoding them is
+# linear work the cap bounds, ~0.6-1.2 s a pass, and a render decodes twice. Measured:
+# 1.0-1.8 s on a quiet machine, up to 3.3 s in a fresh-clone CI run.
+AT_PIXEL_CAP = {"thin_png_8x6000000", "thin_png_6000000x8", "thin_png_64x750000_rgb"}
+AT_PIXEL_CAP_LIMIT_S = 5.0
 RSS_GROWTH_LIMIT_MB = 500
 
 
-def request_limit_s() -> float:
-    """`REQUEST_LIMIT_S`, times the load average per core when that is above 1."""
-    return REQUEST_LIMIT_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+def request_limit_s(case: str) -> float:
+    """The case's limit, times the load average per core when that is above 1."""
+    base = AT_PIXEL_CAP_LIMIT_S if case in AT_PIXEL_CAP else REQUEST_LIMIT_S
+    return base * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 @dataclass
@@ -110,10 +117,9 @@ def test_adversarial_corpus_gets_200_or_clear_4xx_in_bounded_time_and_memory(ser
             r = client.post(route, files={"file": ("w.png", warm.getvalue())})
             assert r.status_code == 200, r.text
         rss_before = rss_mb(pid)
-        limit = request_limit_s()
         answers: list[Answer] = []
         for case in CASES:
-            data = case.make()
+            data, limit = case.make(), request_limit_s(case.name)
             for label, route, params, headers in requests_for(case):
                 started = time.perf_counter()
                 r = client.post(route, params=params, headers=headers,
@@ -131,8 +137,10 @@ def test_adversarial_corpus_gets_200_or_clear_4xx_in_bounded_time_and_memory(ser
     print(f"\nadversarial corpus: {len(CASES)} cases, {len(answers)} requests, "
           f"{server_errors} 5xx, {sum(a.status == 200 for a in answers)} 200, "
           f"{sum(400 <= a.status < 500 for a in answers)} 4xx")
-    print(f"slowest: {slowest.case} {slowest.request} {slowest.seconds:.2f} s "
-          f"(limit {limit:.1f} s at load average {os.getloadavg()[0]:.1f})")
+    others = max((a for a in answers if a.case not in AT_PIXEL_CAP), key=lambda a: a.seconds)
+    print(f"slowest: {slowest.case} {slowest.request} {slowest.seconds:.2f} s; slowest below "
+          f"the pixel cap: {others.case} {others.request} {others.seconds:.2f} s (load "
+          f"average {os.getloadavg()[0]:.1f})")
     print(f"server RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after "
           f"({rss_after - rss_before:+.0f} MB)")
     for a in answers:
