@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 CACHE_DIR ?= $(or $(OCELLUS_CACHE_DIR),$(HOME)/.cache/ocellus)
 NANODET := $(CACHE_DIR)/models/coco-nanodet
 
-.PHONY: setup serve test lint system-deps clean
+.PHONY: setup serve test test-fast lint system-deps clean
 
 setup: $(STAMP) $(NANODET)/manifest.json
 
@@ -37,6 +37,10 @@ serve: setup
 
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: every test not marked slow (no real server, no training run), < 1 min.
+test-fast: setup system-deps
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -70,6 +70,7 @@ def batching_server(start_server, classifier_export):
                              "OCELLUS_BACKEND": "auto", "OCELLUS_TUNE_BATCH_SIZE": "false"})
 
 
+@pytest.mark.slow  # a real server
 def test_concurrent_requests_share_batches_and_get_their_own_answers(batching_server,
                                                                      photos) -> None:
     url = batching_server.url
@@ -93,6 +94,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(batching_se
                    stage="forward") == count
 
 
+@pytest.mark.slow  # a real server
 def test_multi_image_requests_are_not_split_wrongly(batching_server, photos) -> None:
     order = ["coffee", "chelsea", "chelsea", "coffee", "coffee"]
     multi = [(f"{n}.jpg", photos[n]) for n in order]
@@ -109,6 +111,7 @@ def test_multi_image_requests_are_not_split_wrongly(batching_server, photos) -> 
         assert r.json()["results"][0]["predictions"][0]["label"] in IMAGENET_CATS
 
 
+@pytest.mark.slow  # a real server
 def test_models_report_the_backend_and_why(batching_server) -> None:
     (model,) = httpx.get(f"{batching_server.url}/v1/models").json()["models"]
     details = model["backend_details"]
@@ -118,6 +121,7 @@ def test_models_report_the_backend_and_why(batching_server) -> None:
     assert details["sample_images"] > 0 and "eager" in details["throughput"]
 
 
+@pytest.mark.slow  # a real server
 def test_full_queue_answers_503_with_retry_after(start_server, classifier_export,
                                                  photos) -> None:
     server = start_server("--model", str(classifier_export),
@@ -143,6 +147,7 @@ def test_full_queue_answers_503_with_retry_after(start_server, classifier_export
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_files", r.text
 
 
+@pytest.mark.slow  # a real server
 def test_request_timeout_answers_503(start_server, classifier_export, photos) -> None:
     # Any forward takes longer than 1 µs, so every request times out.
     server = start_server("--model", str(classifier_export),
@@ -157,6 +162,7 @@ def test_request_timeout_answers_503(start_server, classifier_export, photos) ->
     assert server.alive()
 
 
+@pytest.mark.slow  # a real server
 def test_graceful_shutdown_finishes_the_request_in_flight(start_server, classifier_export,
                                                           photos) -> None:
     from concurrent.futures import ThreadPoolExecutor
@@ -200,6 +206,7 @@ def test_batch_size_tuning_picks_the_largest_size_within_tolerance() -> None:
     assert flat.preferred == 4, flat  # no size is faster per image: the largest wins
 
 
+@pytest.mark.slow  # a real server
 def test_served_models_report_the_batch_size_they_measured(default_server) -> None:
     for model in httpx.get(f"{default_server.url}/v1/models").json()["models"]:
         batching = model["batching"]
