@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
 import torch
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from models.errors import InferenceTimeoutError
@@ -151,14 +150,12 @@ def _prepare(upload: BinaryIO, filename: str | None, predictor: Predictor,
 
 
 async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
-                          settings: Settings, *, pool: DecodePool | None = None,
-                          model: str | None = None,
-                          deadline: Deadline | None = None) -> list[PreparedImage]:
-    """Decode and preprocess every part in the thread pool.
+                          settings: Settings, *, pool: DecodePool, model: str,
+                          deadline: Deadline) -> list[PreparedImage]:
+    """Decode and preprocess every part in the service's decode pool.
 
     Args:
-        pool: The service's bounded decode pool (`ModelStore.decode_pool`); without
-            it, Starlette's default thread pool.
+        pool: The service's bounded decode pool (`ModelStore.decode_pool`).
         model: The model's served name, for the stage-time metrics.
         deadline: The request's; images still waiting for the pool then are dropped.
 
@@ -167,19 +164,13 @@ async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
         InferenceTimeoutError: Not decoded by the deadline (503 with Retry-After).
     """
     # The parts' count and sizes were checked as they streamed (service/uploads.py).
-    payloads = [(f.file, f.filename) for f in files]
-    if pool is None:
-        return list(await asyncio.gather(*(
-            run_in_threadpool(_prepare, data, name, predictor, settings)
-            for data, name in payloads)))
-    label = model or predictor.manifest.name
-    if deadline is not None and deadline.remaining() <= 0:
+    if deadline.remaining() <= 0:
         raise _not_decoded_in_time(deadline)
     decoding = asyncio.gather(*(
-        pool.prepare(data, name, predictor, settings, label) for data, name in payloads))
+        pool.prepare(f.file, f.filename, predictor, settings, model) for f in files))
     try:
         # On timeout the gather is cancelled: images still queued in the pool are dropped.
-        return list(await asyncio.wait_for(decoding, deadline and deadline.remaining()))
+        return list(await asyncio.wait_for(decoding, deadline.remaining()))
     except TimeoutError:
         raise _not_decoded_in_time(deadline) from None
 
