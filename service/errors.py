@@ -65,6 +65,12 @@ def error_response(status: int, code: str, message: str,
                         status_code=status, headers=headers)
 
 
+def disconnected_response(when: str) -> JSONResponse:
+    """499 for a client that has gone (as nginx logs it): nobody reads it, but the
+    request metrics get a status."""
+    return error_response(499, "client_disconnected", f"the client disconnected {when}")
+
+
 def status_of(exc: Exception) -> tuple[int, str]:
     """The HTTP status and error code for a domain error."""
     if isinstance(exc, RequestError):
@@ -129,8 +135,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         # Gone while uploading; nobody reads this, it gives the request metrics a status.
         _count_rejection(request, "disconnected")
-        return error_response(499, "client_disconnected",
-                              "the client disconnected before its upload was complete")
+        return disconnected_response("before its upload was complete")
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:

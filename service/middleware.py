@@ -10,7 +10,7 @@ import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.errors import disconnected_response, error_response
 from service.metrics import Metrics
 
 INFERENCE_PATHS = frozenset({"/v1/classify", "/v1/detect"})
@@ -191,7 +191,4 @@ class CancelOnDisconnectMiddleware:
                 tg.cancel_scope.cancel()
         if gone:
             self.metrics.rejected.labels("disconnected").inc()
-            # Nobody reads it (the server drops it); it gives the request metrics a status.
-            response = error_response(499, "client_disconnected",
-                                      "the client disconnected before the answer")
-            await response(scope, receive, send)
+            await disconnected_response("before the answer")(scope, receive, send)
