@@ -22,6 +22,18 @@ def _server_class() -> type:
     return module.Server
 
 
+def _first_answer(server, path: str, timeout: float = 120) -> httpx.Response:
+    """The first answer of `path`, polled every 20 ms from the server's start."""
+    end = time.monotonic() + timeout
+    while True:
+        assert server.alive(), server.log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{server.url}{path}", timeout=2)
+        except httpx.TransportError:
+            assert time.monotonic() < end, f"no answer from {path} in {timeout} s"
+            time.sleep(0.02)
+
+
 def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
     # Warming and tuning 32 batch sizes takes a second or more: the window this test looks
     # into (its first /healthz comes within 20 ms of uvicorn listening).
@@ -29,14 +41,8 @@ def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
         "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
         "OCELLUS_MAX_BATCH_SIZE": "32"}, tmp_path / "server.log")
     try:
-        started, end = time.monotonic(), time.monotonic() + 120
-        while time.monotonic() < end:  # the first answer of /healthz
-            assert server.alive(), server.log.read_text()[-3000:]
-            try:
-                health = httpx.get(f"{server.url}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.02)
+        started = time.monotonic()
+        health = _first_answer(server, "/healthz")
         listening = time.monotonic() - started
         ready = httpx.get(f"{server.url}/readyz", timeout=2)
         early = httpx.post(f"{server.url}/v1/classify", timeout=10,
@@ -61,14 +67,7 @@ def test_sigterm_while_loading_shuts_down_cleanly(tiny_exports, tmp_path) -> Non
         "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
         "OCELLUS_MAX_BATCH_SIZE": "32"}, tmp_path / "server.log")  # a long warm-up, as above
     try:
-        end = time.monotonic() + 120
-        while time.monotonic() < end:
-            assert server.alive(), server.log.read_text()[-3000:]
-            try:
-                ready = httpx.get(f"{server.url}/readyz", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        ready = _first_answer(server, "/readyz")
         assert ready.json()["status"] == "loading", ready.text
         server.proc.terminate()  # the model being loaded is closed; nothing else loads
         server.proc.wait(60)
