@@ -83,7 +83,7 @@ class Predictor:
         """The model's outputs with the batch first in every tensor.
 
         The service batches requests together and cuts one forward's outputs back
-        into each request's rows (`models.backends.rows`), so every backend's
+        into each request's rows (`service.backends.rows`), so every backend's
         outputs must be tensors, or tuples/lists/dicts of tensors, each ``(B, ...)``.
         A subclass whose model returns anything else (shared anchors, a named
         tuple) converts it here; every backend runs through this method.

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from models.backends import fastest_seconds
+from service.backends import fastest_seconds
 
 Forward = Callable[[torch.Tensor], Any]
 TOLERANCE = 0.1

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from models.backends import rows
 from models.errors import InferenceTimeoutError, ServiceOverloadedError
+from service.backends import rows
 from service.errors import RequestError
 
 log = logging.getLogger(__name__)

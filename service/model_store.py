@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from models.backends import BackendReport, rows, select_backend
 from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchError
 from models.predictor import Predictor
-from models.sample_images import real_images
+from service.backends import BackendReport, rows, select_backend
 from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
 from service.inputs import DecodePool
 from service.metrics import Metrics
 from service.redaction import redact_text
+from service.sample_images import real_images
 
 log = logging.getLogger(__name__)
 

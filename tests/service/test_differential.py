@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.backends import cpu_has_bf16
+from service.backends import cpu_has_bf16
 
 DARKNET = Path("/usr/share/darknet/data")
 

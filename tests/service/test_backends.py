@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from models.backends import BUILDERS, rows, select_backend
 from models.detection import Detector
 from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
 from models.predictor import ClassificationPredictor
 from models.preprocess import Preprocessing
-from models.sample_images import real_images
+from service.backends import BUILDERS, rows, select_backend
+from service.sample_images import real_images
 
 SIZE = 64
 
