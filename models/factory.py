@@ -18,7 +18,7 @@ from models.errors import ExportError
 ARCHITECTURES: dict[str, str] = {
     "classifier": "models.classifier:ImageClassifier",
     "detector": "models.detection.detector:Detector",
-    "nanodet": "models.nanodet:NanoDet",
+    "nanodet": "models.detection.nanodet:NanoDet",
 }
 
 

@@ -20,7 +20,7 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 def nanodet_source_files() -> tuple[Path, Path]:
     """NanoDet's npm (json, bin) files in the cache; `make setup` fetches them, so in CI a
     miss fails instead of skipping."""
-    from models.nanodet import nanodet_files
+    from models.detection.nanodet import nanodet_files
 
     cache = Path(os.environ.get("OCELLUS_CACHE_DIR", Path.home() / ".cache" / "ocellus"))
     json_path, bin_path = nanodet_files(cache)

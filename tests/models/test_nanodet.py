@@ -21,15 +21,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.ops import box_iou
 
-from models.detection.postprocess import postprocess
-from models.errors import WeightsUnavailableError
-from models.nanodet import (
+from models.detection.nanodet import (
     NanoDet,
     coco_class_names,
     decode_nanodet,
     import_nanodet,
     nanodet_preprocessing,
 )
+from models.detection.postprocess import postprocess
+from models.errors import WeightsUnavailableError
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 REFERENCE = Path(__file__).parents[1] / "data" / "nanodet_reference.npz"

