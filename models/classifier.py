@@ -1,4 +1,4 @@
-"""A transfer-learning image classifier: a registered backbone plus a new head."""
+"""A transfer-learning image classifier: a backbone from the catalog plus a new head."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import torch
 from torch import nn
 
 from models.backbones import Backbone, create_backbone
-from models.backbones.registry import Weights
+from models.backbones.catalog import Weights
 
 
 class ImageClassifier(nn.Module):
     """Backbone → global average pool → dropout → linear head for `num_classes`.
 
     Args:
-        backbone: A registered backbone name (``models.backbones.list_backbones()``).
+        backbone: A backbone name from the catalog (``models.backbones.list_backbones()``).
         num_classes: Number of output classes.
         dropout: Dropout before the head.
         backbone_weights: What to initialise the backbone with: ``"imagenet"`` for

@@ -1,6 +1,6 @@
 """Pretrained feature extractors, built by name."""
 
 from models.backbones.base import Backbone
-from models.backbones.registry import create_backbone, list_backbones, register_backbone
+from models.backbones.catalog import add_backbone, create_backbone, list_backbones
 
-__all__ = ["Backbone", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["Backbone", "create_backbone", "list_backbones", "add_backbone"]

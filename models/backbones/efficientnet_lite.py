@@ -26,7 +26,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from models.backbones.base import Backbone
-from models.backbones.registry import Weights, register_backbone
+from models.backbones.catalog import Weights, add_backbone
 from models.backbones.weights import load_state_dict_file
 from models.errors import WeightsUnavailableError
 from models.preprocess import Preprocessing
@@ -236,7 +236,7 @@ def pretrained_weights_path() -> Path:
     return path
 
 
-@register_backbone("efficientnet_lite0")
+@add_backbone("efficientnet_lite0")
 def efficientnet_lite0(*, weights: Weights = "imagenet") -> EfficientNetLiteBackbone:
     """EfficientNet-Lite0 (4.7M parameters with its ImageNet head, 1280 features).
 

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from models.backbones.base import Backbone
-from models.backbones.registry import Weights, register_backbone
+from models.backbones.catalog import Weights, add_backbone
 from models.backbones.weights import fetch_torchvision_weights, load_state_dict_file
 from models.preprocess import Preprocessing
 
@@ -77,19 +77,19 @@ def _build(name: str, weights: Weights) -> ResNetBackbone:
                           tuple(weights_enum.meta["categories"]))
 
 
-@register_backbone("resnet18")
+@add_backbone("resnet18")
 def resnet18(*, weights: Weights = "imagenet") -> ResNetBackbone:
     """ResNet-18 (11.7M parameters, 512 features)."""
     return _build("resnet18", weights)
 
 
-@register_backbone("resnet34")
+@add_backbone("resnet34")
 def resnet34(*, weights: Weights = "imagenet") -> ResNetBackbone:
     """ResNet-34 (21.8M parameters, 512 features)."""
     return _build("resnet34", weights)
 
 
-@register_backbone("resnet50")
+@add_backbone("resnet50")
 def resnet50(*, weights: Weights = "imagenet") -> ResNetBackbone:
     """ResNet-50 (25.6M parameters, 2048 features)."""
     return _build("resnet50", weights)

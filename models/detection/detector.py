@@ -1,4 +1,4 @@
-"""An anchor-free YOLO-style detector over any registered backbone.
+"""An anchor-free YOLO-style detector over any backbone in the catalog.
 
 backbone (strides 8/16/32) → light FPN+PAN neck (all levels `width` channels)
 → decoupled head per level: a box branch predicting, for each side (left, top,
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.backbones import create_backbone
-from models.backbones.registry import Weights
+from models.backbones.catalog import Weights
 from models.detection.letterbox import boxes_from_letterbox, letterbox
 from models.detection.postprocess import Detections, postprocess
 from models.preprocess import Preprocessing
