@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from models.defaults import default_detector_export  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
+from models.predictor import Predictor, load_predictor  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -125,7 +125,7 @@ def measure(model: Path, data: bytes, client: httpx.Client, args: argparse.Names
     The kinds take turns in every round, so a change in the machine's load (the
     cores are shared) hits all three alike instead of biasing one column.
     """
-    predictor = Predictor.from_export(model)
+    predictor = load_predictor(model)
     image = decode_image(data).tensor
     executor = ThreadPoolExecutor(1, thread_name_prefix="raw")
     loops = {}

@@ -44,11 +44,11 @@ def ensure_venv(tool: str) -> Path:
 LITSERVE_APP = '''
 import sys, torch, litserve as ls
 from models.imaging import decode_image
-from models.predictor import Predictor
+from models.predictor import load_predictor, Predictor
 
 class Api(ls.LitAPI):
     def setup(self, device):
-        self.p = Predictor.from_export(sys.argv[1])
+        self.p = load_predictor(sys.argv[1])
         self.p.forward(torch.zeros(8, 3, self.p.input_size, self.p.input_size))
 
     def decode_request(self, request):
@@ -91,7 +91,7 @@ from models.predictor import Predictor
 
 class Handler(BaseHandler):
     def initialize(self, context):
-        self.p = Predictor.from_export(os.environ["OCELLUS_BENCH_EXPORT"])
+        self.p = load_predictor(os.environ["OCELLUS_BENCH_EXPORT"])
         self.initialized = True
 
     def preprocess(self, requests):

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.loadgen import LoadResult, multipart_request, raw_request, run_load  # noqa: E402
 from benchmarks.rivals import litserve_command, torchserve_command  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
+from models.predictor import load_predictor  # noqa: E402
 from service.backends import select_backend  # noqa: E402
 from service.sample_images import real_images  # noqa: E402
 
@@ -67,11 +67,11 @@ def _throughput(fn, batch: int, seconds: float) -> float:
 
 def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
     """Model-only img/s per path and batch, and decode+preprocess+model img/s."""
-    predictor = Predictor.from_export(export)
+    predictor = load_predictor(export)
     forward, report = select_backend(predictor, "auto", real_images(predictor.manifest),
                                      batch_size=8)
     size = predictor.input_size
-    nchw = Predictor.from_export(export)
+    nchw = load_predictor(export)
     nchw.model = nchw.model.to(memory_format=torch.contiguous_format)
     paths = {"eager fp32 (NCHW)": lambda x: nchw.model(x),
              "eager channels_last": predictor.forward, f"fast path ({report.name})": forward}

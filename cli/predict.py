@@ -22,13 +22,13 @@ def get_args_parser(prog: str = "ocellus predict") -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from models.imaging import decode_image
-    from models.predictor import Predictor
+    from models.predictor import load_predictor
 
     if args.model is None:
         from models.defaults import default_classifier_export
 
         args.model = default_classifier_export(args.cache_dir)
-    predictor = Predictor.from_export(args.model, device=args.device)
+    predictor = load_predictor(args.model, device=args.device)
     for path in args.images:
         image = decode_image(path.read_bytes())
         (result,) = predictor.predict([image.tensor], top_k=args.top_k)

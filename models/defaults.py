@@ -17,7 +17,7 @@ from pathlib import Path
 from torchvision.models import ResNet50_Weights
 
 from models.backbones.weights import hub_cache_path
-from models.classifier import imagenet_classifier
+from models.classification.classifier import imagenet_classifier
 from models.detection.nanodet import (
     FETCH_COMMAND,
     NPM_PACKAGE,

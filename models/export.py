@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
@@ -26,18 +26,18 @@ from torch import nn
 from models.errors import ExportError
 from models.factory import build_model
 from models.preprocess import Preprocessing
+from models.tasks import TASKS
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
-TASKS = ("classify", "detect")
 
 
 @dataclass
 class Manifest:
     """What an export says about itself. Serialised as ``manifest.json``."""
 
-    task: Literal["classify", "detect"]
+    task: str  # a key of `models.tasks.TASKS`
     architecture: dict[str, Any]
     labels: list[str]
     preprocessing: dict[str, Any]
@@ -73,7 +73,8 @@ class Manifest:
                 f"Ocellus supports ({FORMAT_VERSION}); upgrade Ocellus"
             )
         if data["task"] not in TASKS:
-            raise ExportError(f"{source}: task must be one of {TASKS}, got {data['task']!r}")
+            raise ExportError(f"{source}: task must be one of {sorted(TASKS)}, "
+                              f"got {data['task']!r}")
         arch = data["architecture"]
         if not isinstance(arch, dict) or "name" not in arch:
             raise ExportError(f"{source}: architecture must be {{'name', 'args'}}, got {arch!r}")

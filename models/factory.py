@@ -16,7 +16,7 @@ from models.errors import ExportError
 
 # architecture name → "module:callable"
 ARCHITECTURES: dict[str, str] = {
-    "classifier": "models.classifier:ImageClassifier",
+    "classifier": "models.classification.classifier:ImageClassifier",
     "detector": "models.detection.detector:Detector",
     "nanodet": "models.detection.nanodet:NanoDet",
 }

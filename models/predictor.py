@@ -8,7 +8,6 @@ its inference thread, and postprocess per request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,7 @@ from torch import nn
 
 from models.errors import TaskMismatchError
 from models.export import Manifest, load_export
-
-
-@dataclass(frozen=True)
-class Classification:
-    """One class of a classification result."""
-
-    label: str
-    index: int
-    score: float
+from models.tasks import get_task, resolve
 
 
 class Predictor:
@@ -52,12 +43,6 @@ class Predictor:
         self.preprocessing = manifest.preprocess
         # channels_last is the faster memory layout for convolutions on CPU and GPU.
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-
-    @classmethod
-    def from_export(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
-        """Load an export and wrap it in the predictor of its task."""
-        model, manifest = load_export(path, device=device)
-        return predictor_for(model, manifest, device=device)
 
     @property
     def input_size(self) -> int:
@@ -100,36 +85,13 @@ class Predictor:
         return self.postprocess(self.forward(torch.stack(inputs)), list(metas), **options)
 
 
-class ClassificationPredictor(Predictor):
-    """Resize and centre-crop, forward, softmax and top-k."""
+def load_predictor(path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
+    """Load an export and wrap it in its task's predictor (from `models.tasks.TASKS`).
 
-    task = "classify"
-
-    def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int] | None = None
-                   ) -> tuple[torch.Tensor, None]:
-        # Class scores do not depend on the original size: `original_size` is ignored.
-        return self.preprocessing(image), None
-
-    def postprocess(self, outputs: torch.Tensor, metas: list[Any], *, top_k: int = 5,
-                    **_: Any) -> list[list[Classification]]:
-        """Logits (B, K) → for each image the `top_k` classes, best first."""
-        probs = outputs.float().softmax(dim=1).cpu()
-        k = max(1, min(top_k, probs.shape[1]))
-        scores, indices = probs.topk(k, dim=1)  # (B, k)
-        return [
-            [Classification(self.labels[i], i, float(s))
-             for s, i in zip(row_s.tolist(), row_i.tolist(), strict=True)]
-            for row_s, row_i in zip(scores, indices, strict=True)
-        ]
-
-
-def predictor_for(model: nn.Module, manifest: Manifest, *,
-                  device: str | torch.device = "cpu") -> Predictor:
-    """The predictor class of the manifest's task, around `model`."""
-    if manifest.task == "classify":
-        return ClassificationPredictor(model, manifest, device)
-    if manifest.task == "detect":
-        from models.detection.predictor import DetectionPredictor
-
-        return DetectionPredictor(model, manifest, device)
-    raise TaskMismatchError(f"no predictor for task {manifest.task!r}")
+    Raises:
+        ExportError: See `load_export`.
+        TaskMismatchError: The manifest names a task this Ocellus does not know.
+    """
+    model, manifest = load_export(path, device=device)
+    predictor_class: type[Predictor] = resolve(get_task(manifest.task).predictor)
+    return predictor_class(model, manifest, device)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchError
-from models.predictor import Predictor
+from models.predictor import Predictor, load_predictor
+from models.tasks import get_task
 from service.backends import BackendReport, rows, select_backend
 from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
@@ -24,9 +25,6 @@ from service.redaction import redact_text
 from service.sample_images import real_images
 
 log = logging.getLogger(__name__)
-
-_ROUTE_OF_TASK = {"classify": "/v1/classify", "detect": "/v1/detect"}
-
 
 @dataclass
 class ServedModel:
@@ -237,7 +235,7 @@ class ModelStore:
 
         Blocking: call it off the event loop.
         """
-        predictor = Predictor.from_export(path, device=self.device)
+        predictor = load_predictor(path, device=self.device)
         served = ServedModel(name or predictor.manifest.name, Path(path), predictor,
                              serving=self.serving, metrics=self.metrics,
                              incoming=lambda: self.decode_pool.pending)
@@ -290,7 +288,7 @@ class ModelStore:
             if served.task != task:
                 raise TaskMismatchError(
                     f"model {name!r} is a {served.task!r} model and cannot {task}; "
-                    f"send it to {_ROUTE_OF_TASK[served.task]}")
+                    f"send it to {get_task(served.task).route}")
             return served
         for served in self.models.values():
             if served.task == task:

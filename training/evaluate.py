@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from models.predictor import Predictor
+from models.predictor import Predictor, load_predictor
 from training.plots import plot_confusion_matrix, plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def evaluate_classification_data(predictor: Predictor, data: Path, split: str | 
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    predictor = Predictor.from_export(args.model, device=args.device)
+    predictor = load_predictor(args.model, device=args.device)
     out = args.out or args.model / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     if predictor.task == "classify":

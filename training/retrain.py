@@ -11,8 +11,8 @@
    below its floor: ``max(--min-class-recall, champion recall - --max-class-drop)``.
 5. Write a JSON report of the decision.
 
-The task's side (what data look like, how to fit, how to score) lives in
-`training.classify.retrain` and `training.detection.retrain`.
+The task's side (what data look like, how to fit, how to score) lives in the
+module that the task table names (`models.tasks.Task.retrain`).
 
 Exit codes: 0 promoted, 3 champion kept, 2 error (bad data, registry locked, ...).
 A job killed at any point leaves the registry valid: the candidate is trained
@@ -24,7 +24,6 @@ left in ``.tmp`` is removed by the next job, under the same lock.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -36,13 +35,13 @@ from typing import Any
 
 from models.errors import RegistryError
 from models.registry import ModelRegistry, write_text_atomic
+from models.tasks import get_task, resolve
 
 log = logging.getLogger(__name__)
 
 EXIT_PROMOTED = 0
 EXIT_KEPT = 3
 EXIT_ERROR = 2
-_TASK_MODULES = {"classify": "training.classify.retrain", "detect": "training.detection.retrain"}
 WORK_DIR = ".tmp"  # REGISTRY/<name>/.tmp: the jobs' work folders
 
 
@@ -156,10 +155,8 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                                 f"retrain; publish and promote one first")
         champion_path = registry.path(args.name, champion_version)
         champion_manifest = registry.verify(args.name, champion_version)
-        if champion_manifest.task not in _TASK_MODULES:
-            raise RegistryError(f"{args.name} is a {champion_manifest.task!r} model; ocellus "
-                                f"retrain handles {sorted(_TASK_MODULES)}")
-        task = importlib.import_module(_TASK_MODULES[champion_manifest.task])
+        spec = get_task(champion_manifest.task)
+        task = resolve(spec.retrain)
         frozen, source = task.eval_set(args, champion_manifest)
         work = work_folder(registry.root / args.name / WORK_DIR)
         try:
@@ -170,8 +167,8 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                       (("champion", champion_path), ("candidate", candidate_path))}
             decision = decide(scores["champion"], scores["candidate"], min_gain=args.min_gain,
                               min_class_recall=args.min_class_recall,
-                              max_class_drop=args.max_class_drop, metric=task.METRIC)
-            metric = task.METRIC
+                              max_class_drop=args.max_class_drop, metric=spec.metric)
+            metric = spec.metric
             report: dict[str, Any] = {
                 "name": args.name, "task": champion_manifest.task, "metric": metric,
                 "started_at": started.isoformat(timespec="seconds"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cli.predict import get_args_parser, main
-from models.classifier import ImageClassifier
+from models.classification.classifier import ImageClassifier
 from models.export import Manifest, save_export
 from models.preprocess import Preprocessing
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from models.classification.predictor import ClassificationPredictor
 from models.detection import Detector
 from models.detection.predictor import Detection, DetectionPredictor
 from models.export import Manifest, save_export
-from models.predictor import ClassificationPredictor, Predictor
+from models.predictor import load_predictor
 from models.preprocess import Preprocessing
 
 SIZE = 64
@@ -70,7 +71,7 @@ def test_export_round_trip_gives_a_detection_predictor(tmp_path: Path) -> None:
     manifest = Manifest(task="detect", architecture={"name": "detector", "args": model.model_args},
                         labels=["x", "y", "z"], preprocessing=model.preprocessing.to_dict())
     save_export(model, tmp_path / "export", manifest)
-    predictor = Predictor.from_export(tmp_path / "export")
+    predictor = load_predictor(tmp_path / "export")
     assert isinstance(predictor, DetectionPredictor) and predictor.input_size == SIZE
     images = [torch.randint(0, 256, (3, 40, 90), dtype=torch.uint8),
               torch.randint(0, 256, (3, 120, 30), dtype=torch.uint8)]
@@ -89,7 +90,7 @@ def test_export_round_trip_gives_a_detection_predictor(tmp_path: Path) -> None:
 
 
 def test_classification_predictor_ignores_original_size() -> None:
-    from models.classifier import ImageClassifier
+    from models.classification.classifier import ImageClassifier
 
     model = ImageClassifier("efficientnet_lite0", 2, backbone_weights=None)
     manifest = Manifest(task="classify", architecture={"name": "classifier"}, labels=["a", "b"],

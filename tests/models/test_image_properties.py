@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image
 from torch import nn
 
+from models.classification.predictor import ClassificationPredictor
 from models.detection import Detector
 from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
 from models.imaging import decode_image
-from models.predictor import ClassificationPredictor
 from models.preprocess import Preprocessing
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision"),

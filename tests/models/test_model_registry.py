@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.classifier import ImageClassifier
+from models.classification.classifier import ImageClassifier
 from models.errors import ExportError, RegistryError, RegistryLockedError
 from models.export import MANIFEST_FILE, WEIGHTS_FILE, Manifest, save_export
 from models.registry import ModelRegistry

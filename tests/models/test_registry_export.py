@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from models.backbones import create_backbone, list_backbones
-from models.classifier import ImageClassifier
+from models.classification.classifier import ImageClassifier
+from models.classification.predictor import ClassificationPredictor
 from models.errors import ExportError, WeightsUnavailableError
 from models.export import MANIFEST_FILE, WEIGHTS_FILE, Manifest, load_export, save_export
-from models.predictor import ClassificationPredictor, Predictor
+from models.predictor import load_predictor
 
 
 def _export(tmp_path: Path, backbone: str, num_classes: int = 3) -> tuple[ImageClassifier, Path]:
@@ -113,7 +114,7 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
 
 def test_predictor_from_export(tmp_path: Path) -> None:
     _, out = _export(tmp_path, "resnet18")
-    predictor = Predictor.from_export(out)
+    predictor = load_predictor(out)
     assert isinstance(predictor, ClassificationPredictor)
     image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)
     (result,) = predictor.predict([image], top_k=2)

@@ -16,7 +16,7 @@ def make_tiny_export(out: Path, *, seed: int = 0, name: str = "tiny") -> Path:
     """An untrained efficientnet_lite0 classifier of 3 classes at 64 px: quick to load."""
     import torch
 
-    from models.classifier import ImageClassifier
+    from models.classification.classifier import ImageClassifier
     from models.export import Manifest, save_export
 
     torch.manual_seed(seed)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from models.classification.predictor import ClassificationPredictor
 from models.detection import Detector
 from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
-from models.predictor import ClassificationPredictor
 from models.preprocess import Preprocessing
 from service.backends import BUILDERS, rows, select_backend
 from service.sample_images import real_images

@@ -37,7 +37,7 @@ def _tiny_export(out: Path) -> Path:
     """An untrained 3-class classifier at 64 px: quick to load and to run."""
     import torch
 
-    from models.classifier import ImageClassifier
+    from models.classification.classifier import ImageClassifier
     from models.export import Manifest, save_export
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.detection.predictor import DetectionPredictor
-from models.predictor import Predictor
+from models.predictor import load_predictor
 from training.data.synth_detect import synth_detect
 from training.detection.cli import dataset_fingerprint
 from training.detection.dataset import load_data_yaml
@@ -45,7 +45,7 @@ def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> No
             "--name", "tiny")
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
 
-    predictor = Predictor.from_export(out)
+    predictor = load_predictor(out)
     assert isinstance(predictor, DetectionPredictor)
     m = predictor.manifest
     spec = load_data_yaml(tiny_yaml)
@@ -71,7 +71,7 @@ def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> No
     ocellus("train", "detect", "--data", tiny_yaml, "--out", out, "--epochs", "3",
             "--img-size", "128", "--batch-size", "8", "--freeze-backbone", "--no-progress",
             "--resume", out / "checkpoints" / "last.pt")
-    resumed = Predictor.from_export(out).manifest
+    resumed = load_predictor(out).manifest
     assert [h["epoch"] for h in resumed.training["history"]] == [2]
 
 
@@ -103,7 +103,7 @@ def test_predictor_evaluation_equals_the_manifest(detector_export, synth_detect_
     assert stored["map50"] >= TRAINED_MAP50_FLOOR, stored
     assert result["map50"] == stored["map50"]
     # The export alone, through the served Predictor, reproduces the recorded figures.
-    report = evaluate_detection_data(Predictor.from_export(export), synth_detect_yaml,
+    report = evaluate_detection_data(load_predictor(export), synth_detect_yaml,
                                      split="val", batch_size=5)
     for key in ("map50", "map50_95", "precision", "recall"):
         assert report[key] == pytest.approx(stored[key], abs=1e-6), key

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cli.main import main as ocellus
 from models.export import read_manifest
-from models.predictor import Predictor
+from models.predictor import load_predictor
 from training.classify.data import load_splits
 from training.classify.fit import get_args_parser, main
 
@@ -74,7 +74,7 @@ def test_train_export_resume_evaluate(tmp_path: Path) -> None:
     assert sum(map(sum, report["confusion_matrix"])) == report["num_images"] == 36
     for png in ("confusion_matrix.png", "training_curves.png"):
         assert (out / "evaluation" / png).read_bytes()[:4] == b"\x89PNG"
-    assert Predictor.from_export(out).labels == manifest.labels
+    assert load_predictor(out).labels == manifest.labels
 
 
 @pytest.mark.slow
@@ -90,7 +90,7 @@ def test_real_transfer_learning_on_fashion_mnist(fashion_model, fashion_mnist_tr
     # Re-evaluate from the export alone, through the served Predictor.
     from training.evaluate import evaluate_classification_data
 
-    report = evaluate_classification_data(Predictor.from_export(export), fashion_mnist_tree,
+    report = evaluate_classification_data(load_predictor(export), fashion_mnist_tree,
                                           None, 100)
     assert report["num_images"] == 500
     assert report["top1"] >= 0.75, report["top1"]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from models.predictor import ClassificationPredictor
+from models.classification.predictor import ClassificationPredictor
 from training.classify.data import ImageListDataset, Sample
 
 

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.backbones import list_backbones
-from models.classifier import ImageClassifier
+from models.classification.classifier import ImageClassifier
+from models.classification.predictor import ClassificationPredictor
 from models.errors import ExportError
 from models.export import Manifest, load_export, save_export
-from models.predictor import ClassificationPredictor
 from training.classify.data import ImageListDataset, fingerprint, load_splits, train_transform
 from training.classify.evaluate import evaluate_classifier
 from training.schedule import warmup_cosine

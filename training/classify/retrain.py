@@ -11,14 +11,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from models.classification.predictor import ClassificationPredictor
 from models.errors import DatasetError, RegistryError
 from models.export import Manifest
-from models.predictor import ClassificationPredictor, Predictor
+from models.predictor import load_predictor
 from training.classify.data import Sample, load_splits, scan_image_folder
 from training.classify.evaluate import evaluate_classifier
 from training.retrain import fit_argv
 
-METRIC = "top1"
 # Champion settings a retrain inherits (names of `ocellus train classify` options).
 _INHERITED = ("backbone", "mode", "trainable_stages", "epochs", "batch_size", "img_size", "lr",
               "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing",
@@ -67,7 +67,7 @@ def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namesp
 
 def score(path: Path, samples: list[Sample], device: str) -> dict[str, Any]:
     """Top-1, top-5 and per-class precision/recall of an export, as served."""
-    predictor = Predictor.from_export(path, device=device)
+    predictor = load_predictor(path, device=device)
     if not isinstance(predictor, ClassificationPredictor):
         raise RegistryError(f"{path}: expected a classifier, got a {predictor.task!r} model")
     report = evaluate_classifier(predictor, samples)

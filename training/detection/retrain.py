@@ -14,11 +14,10 @@ from typing import Any
 
 from models.errors import DatasetError, RegistryError
 from models.export import Manifest
-from models.predictor import Predictor
+from models.predictor import load_predictor
 from training.detection.dataset import load_data_yaml
 from training.retrain import fit_argv
 
-METRIC = "map50_95"
 # Champion settings a retrain inherits (names of `ocellus train detect` options).
 _INHERITED = ("backbone", "trainable_stages", "epochs", "img_size", "batch_size", "lr",
               "weight_decay", "warmup_epochs", "width", "mosaic", "workers", "seed")
@@ -71,7 +70,7 @@ def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
     """mAP50-95, mAP50 and per-class AP and recall of an export, as served."""
     from training.detection.evaluate import evaluate_detection_data
 
-    predictor = Predictor.from_export(path, device=device)
+    predictor = load_predictor(path, device=device)
     if predictor.task != "detect":
         raise RegistryError(f"{path}: expected a detector, got a {predictor.task!r} model")
     r = evaluate_detection_data(predictor, data_yaml, split="val")

@@ -1,0 +1,1 @@
+"""Image classification: a backbone plus a linear head, and its predictor."""
