@@ -18,8 +18,6 @@ from torch import nn
 
 from models.backbones import create_backbone
 from models.backbones.catalog import Weights
-from models.detection.letterbox import boxes_from_letterbox, letterbox
-from models.detection.postprocess import Detections, postprocess
 from models.preprocess import Preprocessing
 
 STRIDES = (8, 16, 32)
@@ -176,32 +174,3 @@ class Detector(nn.Module):
         """Raw outputs → xyxy boxes ``(B, A, 4)`` in input pixels, probabilities ``(B, A, C)``."""
         return (decode_boxes(out.dist, out.anchors, out.strides, self.reg_max),
                 out.cls.sigmoid())
-
-    def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list]:
-        """uint8 ``(3, H_i, W_i)`` images → normalised ``(B, 3, S, S)`` and letterbox params."""
-        pre = self.preprocessing
-        boxed = [letterbox(im, self.img_size, interpolation=pre.interpolation_mode)
-                 for im in images]
-        batch = torch.stack([b for b, _ in boxed])  # (B, 3, S, S) uint8
-        return pre.normalize(batch), [p for _, p in boxed]
-
-    @torch.inference_mode()
-    def predict(self, images: Sequence[torch.Tensor], *, conf: float = 0.25, iou: float = 0.45,
-                max_det: int = 300, classes: Sequence[int] | None = None,
-                agnostic: bool = False) -> list[Detections]:
-        """Detect objects in uint8 RGB ``(3, H, W)`` images of any sizes.
-
-        Returns one `Detections` per image, boxes xyxy in that image's own pixels.
-        The caller puts the model in eval mode.
-        """
-        if len(images) == 0:
-            return []
-        x, params = self.preprocess(images)
-        device = next(self.parameters()).device
-        boxes, scores = self.decode(self(x.to(device)))
-        dets = postprocess(boxes, scores, conf=conf, iou=iou, max_det=max_det, classes=classes,
-                           agnostic=agnostic)
-        for d, p in zip(dets, params, strict=True):
-            d.boxes = boxes_from_letterbox(d.boxes.cpu(), p)
-            d.scores, d.labels = d.scores.cpu(), d.labels.cpu()
-        return dets

@@ -1,4 +1,4 @@
-"""Letterbox mapping, DFL decoding, NMS and the Detector's predict path."""
+"""Letterbox mapping, DFL decoding, NMS, and boxes mapped back through the predictor."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from models.detection import (
     make_anchors,
     postprocess,
 )
+from models.detection.postprocess import Detections
+from models.detection.predictor import DetectionPredictor
+from models.export import Manifest
 
 
 def _rect_image(h: int, w: int, box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -184,17 +187,25 @@ def test_detector_shapes_and_rebuild_from_json_args(backbone: str) -> None:
     assert model.preprocessing.mode == "letterbox" and model.preprocessing.crop_size == 128
 
 
+def _detect(predictor: DetectionPredictor, image: torch.Tensor, **options) -> Detections:
+    x, meta = predictor.preprocess(image)
+    (dets,) = predictor.detect(predictor.forward(x[None]), [meta], **options)
+    return dets
+
+
 def test_predict_maps_boxes_back_to_original_pixels() -> None:
     torch.manual_seed(0)
     model = Detector("resnet18", num_classes=2, img_size=128).eval()
+    predictor = DetectionPredictor(model, Manifest(
+        task="detect", architecture={"name": "detector", "args": model.model_args},
+        labels=["a", "b"], preprocessing=model.preprocessing.to_dict()))
     image = torch.randint(0, 256, (3, 90, 200), dtype=torch.uint8)
     canvas, p = letterbox(image, 128)
     # iou=1: no suppression, so many boxes reach the comparison.
-    [on_original] = model.predict([image], conf=0.0, iou=1.0, max_det=50)
-    [on_canvas] = model.predict([canvas], conf=0.0, iou=1.0, max_det=50)  # letterbox: identity
+    on_original = _detect(predictor, image, conf=0.0, iou=1.0, max_det=50)
+    on_canvas = _detect(predictor, canvas, conf=0.0, iou=1.0, max_det=50)  # letterbox: identity
     assert len(on_original) == 50
     assert torch.allclose(on_original.boxes, boxes_from_letterbox(on_canvas.boxes, p), atol=1e-4)
     assert (on_original.boxes >= 0).all()
     assert (on_original.boxes[:, [0, 2]] <= 200).all()
     assert (on_original.boxes[:, [1, 3]] <= 90).all()
-    assert model.predict([]) == []

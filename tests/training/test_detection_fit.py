@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
 from models.detection import Detector, make_anchors
+from models.detection.predictor import DetectionPredictor
+from models.export import Manifest
 from training.detection.assign import TaskAlignedAssigner
 from training.detection.fit import load_detector_checkpoint, train_detector
 from training.detection.loss import DetectionLoss
@@ -54,9 +56,12 @@ def test_loss_overfits_one_image_and_the_detection_lands_on_the_box() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
-    [det] = model.eval().predict([image[0]], conf=0.1)
-    assert det.labels[0] == 1
-    assert float(box_iou(det.boxes[:1], target[:, 2:])) > 0.6
+    predictor = DetectionPredictor(model, Manifest(
+        task="detect", architecture={"name": "detector", "args": model.model_args},
+        labels=["a", "b"], preprocessing=model.preprocessing.to_dict()))
+    [[best, *_]] = predictor.predict([image[0]], conf=0.1)
+    assert best.class_id == 1
+    assert float(box_iou(torch.tensor([best.box]), target[:, 2:])) > 0.6
 
 
 def _tiny_set(root: Path, n: int = 8) -> Path:
