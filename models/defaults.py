@@ -26,7 +26,8 @@ from models.detection.nanodet import (
     import_nanodet,
     nanodet_files,
 )
-from models.export import MANIFEST_FILE, Manifest, save_export
+from models.errors import ExportError
+from models.export import MANIFEST_FILE, Manifest, read_manifest, save_export
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ def default_classifier_export(cache_dir: Path, backbone: str | None = None) -> P
 
 
 DETECTOR_NAME = "coco-nanodet"
+# Bumped when the import writes a different export from the same npm files; the
+# default export in a cache folder is imported again when its revision is older.
+IMPORT_REVISION = 2  # 2: the manifest carries the multi-label default
 # Upstream's figure for these weights, copied, not measured here: the header of
 # RangiLyu/nanodet config/legacy_v0.x_configs/nanodet-g.yml.
 _NANODET_G_PUBLISHED = {
@@ -110,13 +114,24 @@ def export_nanodet(json_path: Path, bin_path: Path, out_dir: Path) -> Manifest:
         preprocessing=model.preprocessing.to_dict(),
         metrics=dict(_NANODET_G_PUBLISHED),
         dataset={"name": "COCO 2017 (train2017; metrics on val2017)"},
-        provenance={**provenance, "note": _NANODET_NOTE},
+        # Upstream's multiclass_nms keeps every class above the threshold at a location.
+        postprocessing={"multi_label": True},
+        provenance={**provenance, "note": _NANODET_NOTE, "import_revision": IMPORT_REVISION},
     )
     return save_export(model, Path(out_dir), manifest)
 
 
+def _import_revision(export: Path) -> int:
+    try:
+        return int(read_manifest(export).provenance.get("import_revision", 1))
+    except (ExportError, TypeError, ValueError):
+        return 0
+
+
 def default_detector_export(cache_dir: Path) -> Path | None:
     """The export of the default COCO detector, imported on first use.
+
+    An export written by an older import (`IMPORT_REVISION`) is imported again.
 
     Returns:
         ``cache_dir/models/coco-nanodet``, or None (with a warning saying what to
@@ -124,10 +139,14 @@ def default_detector_export(cache_dir: Path) -> Path | None:
     """
     cache_dir = Path(cache_dir)
     out = cache_dir / "models" / DETECTOR_NAME
-    if (out / MANIFEST_FILE).is_file():
+    if (out / MANIFEST_FILE).is_file() and _import_revision(out) >= IMPORT_REVISION:
         return out
     json_path, bin_path = nanodet_files(cache_dir)
     if not (json_path.is_file() and bin_path.is_file()):
+        if (out / MANIFEST_FILE).is_file():
+            log.warning("%s was written by an older import and %s is gone; serving it as "
+                        "it is", out, json_path)
+            return out
         log.warning(
             "no default detector: %s is missing, so /v1/detect has no model. Run `make setup` "
             "or `OCELLUS_CACHE_DIR=%s %s` (fetches %s@%s with npm), then restart",

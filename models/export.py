@@ -42,6 +42,10 @@ class Manifest:
     labels: list[str]
     preprocessing: dict[str, Any]
     name: str = "model"
+    # Serving defaults of the task's postprocess options, fixed when the model is
+    # exported or imported (detect: ``multi_label``, how its upstream turns scores
+    # into boxes). A request may still override them.
+    postprocessing: dict[str, Any] = field(default_factory=dict)
     version: str = "1"
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)

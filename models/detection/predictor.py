@@ -73,20 +73,16 @@ class DetectionPredictor(Predictor):
     Postprocess options (all keyword): ``conf`` (score threshold), ``iou`` (NMS
     IoU threshold), ``max_det`` (detections per image), ``classes`` (keep only
     these class ids), ``agnostic`` (NMS across classes), ``multi_label`` (every
-    class above ``conf`` per anchor; None: the architecture's own way, see
-    `MULTI_LABEL`).
+    class above ``conf`` per anchor; None: the manifest's ``postprocessing``
+    default, else one best class per anchor as in Ultralytics).
     """
 
     task = "detect"
-    # How each architecture's upstream turns scores into boxes: NanoDet's
-    # multiclass_nms keeps every class above the threshold per anchor; the
-    # YOLO-style detector predicts like Ultralytics, one best class per anchor.
-    MULTI_LABEL = {"nanodet": True}
 
     @property
     def multi_label(self) -> bool:
-        """The default of the ``multi_label`` option for this model."""
-        return self.MULTI_LABEL.get(self.manifest.architecture.get("name", ""), False)
+        """The default of the ``multi_label`` option, written in the manifest at export."""
+        return bool(self.manifest.postprocessing.get("multi_label", False))
 
     def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int] | None = None
                    ) -> tuple[torch.Tensor, DetectionMeta]:

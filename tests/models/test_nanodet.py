@@ -26,6 +26,7 @@ from models.detection.nanodet import (
     coco_class_names,
     decode_nanodet,
     import_nanodet,
+    nanodet_files,
     nanodet_preprocessing,
 )
 from models.detection.postprocess import postprocess
@@ -194,3 +195,27 @@ def test_class_names_follow_coco_order():
 def test_missing_files_name_the_fetch_script(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="fetch-nanodet.sh"):
         import_nanodet(tmp_path / "nanodet.json", tmp_path / "nanodet.bin")
+
+
+def test_the_import_writes_the_multi_label_default_and_older_imports_are_redone(
+        nanodet_source_files, tmp_path):
+    from models.defaults import IMPORT_REVISION, default_detector_export
+    from models.export import MANIFEST_FILE, read_manifest
+
+    json_path, bin_path = nanodet_source_files
+    cache = tmp_path / "cache"
+    files = nanodet_files(cache)
+    files[0].parent.mkdir(parents=True)
+    for source, target in zip((json_path, bin_path), files, strict=True):
+        target.symlink_to(source)
+    export = default_detector_export(cache)
+    manifest = read_manifest(export)
+    # The serving policy travels in the export, not in a table keyed by architecture.
+    assert manifest.postprocessing == {"multi_label": True}
+    assert manifest.provenance["import_revision"] == IMPORT_REVISION
+    # An export from before the policy was written (revision 1) is imported again.
+    data = json.loads((export / MANIFEST_FILE).read_text())
+    del data["postprocessing"], data["provenance"]["import_revision"]
+    (export / MANIFEST_FILE).write_text(json.dumps(data))
+    assert read_manifest(export).postprocessing == {}
+    assert read_manifest(default_detector_export(cache)).postprocessing == {"multi_label": True}
