@@ -16,7 +16,7 @@ from service.render import render_detections, wants_image
 from service.schemas import Detection, DetectResponse, DetectResult, ErrorResponse, ModelRef
 from service.uploads import UPLOAD_BODY, UploadsDep
 
-router = APIRouter()
+router = APIRouter(prefix="/v1/detect", tags=["inference"])
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
 # What `parse_classes` reads ("0,2", "5", " 1 , 3,"); the OpenAPI schema says the same.
@@ -45,7 +45,7 @@ def parse_classes(values: list[str] | None, num_classes: int) -> list[int] | Non
 
 
 @router.post(
-    "/v1/detect", response_model=DetectResponse, tags=["inference"], openapi_extra=UPLOAD_BODY,
+    "", response_model=DetectResponse, openapi_extra=UPLOAD_BODY,
     responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}},
                                "description": "JSON detections, or the annotated image"}})
 async def detect(

@@ -1,7 +1,7 @@
 """The admin API: reload or roll back a registry model without a restart.
 
 Off unless ``OCELLUS_ADMIN_TOKEN`` is set; each call needs that token as
-``Authorization: Bearer TOKEN``. ``GET /v1/models`` (in routes.py) lists what
+``Authorization: Bearer TOKEN``. ``GET /v1/models`` (models.py) lists what
 is served, with version, backend and path.
 """
 
