@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from service.inference import Inference
 from service.metrics import Metrics
 from service.model_store import ModelStore
 from service.settings import Settings
@@ -28,6 +29,15 @@ async def get_metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+async def get_inference(store: StoreDep, settings: SettingsDep,
+                        metrics: MetricsDep) -> Inference:
+    return Inference(store, settings, metrics)
+
+
+# What a route that answers from uploaded images takes (service/inference.py).
+InferenceDep = Annotated[Inference, Depends(get_inference)]
 
 
 # The `model` query parameter of the inference routes, checked before the upload is

@@ -13,7 +13,7 @@ from fastapi.security import HTTPBearer
 from models.errors import RegistryError
 from service.auth import require_admin
 from service.registry_watch import RegistryWatcher
-from service.schemas import ErrorResponse, ReloadResponse
+from service.schemas import ReloadResponse, error_responses
 
 # Only documents the scheme in OpenAPI (auto_error=False): `require_admin` checks the token.
 ADMIN_TOKEN = HTTPBearer(auto_error=False, scheme_name="adminToken",
@@ -21,7 +21,7 @@ ADMIN_TOKEN = HTTPBearer(auto_error=False, scheme_name="adminToken",
 router = APIRouter(prefix="/v1/models", tags=["admin"],
                    dependencies=[Security(ADMIN_TOKEN), Depends(require_admin)])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (401, 403, 404, 409)}
+ERRORS = error_responses(401, 403, 404, 409)
 NameParam = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="registry name")
 
 
