@@ -3,10 +3,10 @@ orchestrators expect them, outside ``/v1``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.model_store import ModelStore
+from service.deps import StoreDep
 from service.routes.models import refused_models
 from service.schemas import Readiness, Status
 
@@ -20,7 +20,7 @@ async def healthz() -> Status:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(request: Request) -> Readiness | JSONResponse:
+async def readyz(store: StoreDep) -> Readiness | JSONResponse:
     """Whether to send traffic, and which models were refused and why.
 
     200 ``ready``, or ``degraded`` when some models serve and others were refused
@@ -28,9 +28,6 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
     ``loading`` until the start-up loading is done, then ``unavailable`` if no
     model serves.
     """
-    store: ModelStore | None = getattr(request.app.state, "store", None)
-    if store is None:
-        return JSONResponse({"status": "loading"}, status_code=503)
     down = [name for name in store.refused if name not in store.models]
     status = ("loading" if store.loading else "unavailable" if not store.ready
               else "degraded" if down else "ready")

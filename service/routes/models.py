@@ -6,10 +6,9 @@ prefix but not the access rule.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from service.auth import is_admin
-from service.deps import StoreDep
+from service.deps import IsAdminDep, StoreDep
 from service.model_store import ModelStore
 from service.redaction import public_manifest
 from service.schemas import ModelInfo, ModelsResponse, RefusedModel
@@ -25,13 +24,12 @@ def refused_models(store: ModelStore, *, admin: bool) -> list[RefusedModel]:
 
 
 @router.get("", response_model=ModelsResponse)
-async def list_models(request: Request, store: StoreDep) -> ModelsResponse:
+async def list_models(store: StoreDep, admin: IsAdminDep) -> ModelsResponse:
     """Each loaded model with its manifest (weights excepted), and the refused ones.
 
     Paths, training arguments and the training data's location are shown only to
     a caller with the admin token (``Authorization: Bearer TOKEN``).
     """
-    admin = is_admin(request)
     return ModelsResponse(models=[
         ModelInfo(name=m.name, version=m.manifest.version, task=m.task,
                   device=str(m.predictor.device), loaded_at=m.loaded_at,
