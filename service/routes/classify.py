@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from models.tasks import get_task
 from service.deps import ClassifyModelDep, InferenceDep
 from service.inference import INFERENCE_ERRORS, model_ref
 from service.schemas import ClassifyResponse, ClassifyResult, Prediction
 from service.uploads import UPLOAD_BODY, UploadsDep
 
-router = APIRouter(prefix="/v1/classify", tags=["inference"])
+TASK = get_task("classify")
+router = APIRouter(prefix=TASK.route, tags=["inference"])  # /v1/classify
 
 
 @router.post("", response_model=ClassifyResponse, responses=INFERENCE_ERRORS,
@@ -23,7 +25,7 @@ async def classify(
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = 5,
 ) -> ClassifyResponse:
     """Classify one or more uploaded images (multipart parts named ``file``)."""
-    with inference.use(model, "classify") as served:
+    with inference.use(model, TASK.name) as served:
         images, results = await inference.run(
             served, files, counted=lambda classes: classes[:1], top_k=top_k)  # metrics: top-1
         return ClassifyResponse(model=model_ref(served), results=[

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import WithJsonSchema
 
+from models.tasks import get_task
 from service.deps import DetectModelDep, InferenceDep
 from service.errors import RequestError
 from service.inference import INFERENCE_ERRORS, model_ref
@@ -17,7 +18,8 @@ from service.render import render_detections, wants_image
 from service.schemas import Detection, DetectResponse, DetectResult
 from service.uploads import UPLOAD_BODY, UploadsDep
 
-router = APIRouter(prefix="/v1/detect", tags=["inference"])
+TASK = get_task("detect")
+router = APIRouter(prefix=TASK.route, tags=["inference"])  # /v1/detect
 
 # What `parse_classes` reads ("0,2", "5", " 1 , 3,"); the OpenAPI schema says the same.
 CLASS_IDS = re.compile(r"^ *([0-9]+ *)?(, *([0-9]+ *)?)*$")
@@ -73,7 +75,7 @@ async def detect(
 
     Boxes are ``[x1, y1, x2, y2]`` in the pixels of the original, upright image.
     """
-    with inference.use(model, "detect") as served:
+    with inference.use(model, TASK.name) as served:
         class_ids = parse_classes(classes, len(served.predictor.labels))
         media_type = wants_image(request, render)
         images, results = await inference.run(
