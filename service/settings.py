@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # Serving under load (service/batcher.py).
     backend: Literal["auto", "eager", "compiled", "bf16"] = Field(
         "auto", description="inference backend; auto = the fastest whose top-1 agrees with "
-        "fp32 on real images >= 99.5% (models/backends.py)")
+        "fp32 on real images >= 99.5% (service/backends.py)")
     max_batch_size: int = Field(8, gt=0, description="images per forward pass, at most")
     tune_batch_size: bool = Field(
         True, description="at warm-up, measure img/s per batch size and batch at the largest "
