@@ -1,7 +1,7 @@
 # Ocellus: CPU-only inference service with the default models baked in.
 #   docker build -t ocellus .
 #   docker run -p 8000:8000 ocellus
-# No Docker engine runs in this project's CI: tests/ops/test_deploy_config.py
+# No Docker engine runs in this project's CI: tests/deploy/test_deploy_config.py
 # checks this file statically (see docs/operations.md).
 FROM python:3.11-slim
 

@@ -38,7 +38,8 @@ serve: setup
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The inner loop: every test not marked slow (no real server, no training run), < 1 min.
+# The inner loop: every test not marked slow (no real server, no training run, none over
+# about a second), < 1 min.
 test-fast: setup system-deps
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 

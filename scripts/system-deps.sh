@@ -7,9 +7,9 @@ want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
 # Real photos with COCO objects (dog.jpg, person.jpg, giraffe.jpg) and coco.names.
 [ -f /usr/share/darknet/data/dog.jpg ] || want+=(darknet)
-# tests/ops/test_prometheus.py starts a real Prometheus server.
+# tests/deploy/test_prometheus.py starts a real Prometheus server.
 [ -x /usr/bin/prometheus ] || want+=(prometheus)
-# tests/ops/test_deploy_config.py parses docker-compose.yml with a real compose CLI
+# tests/deploy/test_deploy_config.py parses docker-compose.yml with a real compose CLI
 # (`config` needs no Docker engine).
 # A docker client without its compose plugin does not count: check that compose answers.
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \

@@ -34,9 +34,7 @@ from service.middleware import (
 )
 from service.model_store import ModelStore, ServedModel
 from service.registry_watch import RegistryWatcher
-from service.routes import router
-from service.routes_admin import router as admin_router
-from service.routes_detect import router as detect_router
+from service.routes import ROUTERS
 from service.settings import Settings
 from service.uploads import document_upload_limits
 
@@ -178,9 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    app.include_router(router)
-    app.include_router(detect_router)
-    app.include_router(admin_router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        metrics=app.state.metrics)
     app.add_middleware(CancelOnDisconnectMiddleware, metrics=app.state.metrics)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Mapping
 
-from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -76,35 +76,19 @@ def api_keys_of(settings: Settings) -> list[str]:
     return keys
 
 
-def is_admin(request: Request) -> bool:
-    """Whether the request carries the admin token (``Authorization: Bearer TOKEN``).
+def admin_refusal(settings: Settings, headers: Mapping[str, str]) -> HTTPException | None:
+    """Why a request may not act as admin, or None when it carries the admin token.
 
-    Never true while the admin API is off (no token set, or a blank one).
+    The refusal is 403 while the admin API is off (no token set, or a blank one)
+    or for a wrong token, 401 when no ``Authorization: Bearer TOKEN`` was sent.
+    The routes take it through `service.deps` (`require_admin`, `IsAdminDep`).
     """
-    settings: Settings = request.app.state.settings
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return (settings.admin_token is not None and scheme.lower() == "bearer"
-            and bool(token.strip())
-            and _matches(token.strip(), [settings.admin_token.get_secret_value()]))
-
-
-async def require_admin(request: Request) -> None:
-    """FastAPI dependency of the admin routes.
-
-    Raises:
-        HTTPException: 403 when the admin API is off or the token is wrong, 401
-            when no bearer token was sent.
-    """
-    settings: Settings = request.app.state.settings
-    metrics: Metrics = request.app.state.metrics
     if settings.admin_token is None:
-        metrics.rejected.labels("unauthorized").inc()
-        raise HTTPException(403, "the admin API is off: set OCELLUS_ADMIN_TOKEN to enable it")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return HTTPException(403, "the admin API is off: set OCELLUS_ADMIN_TOKEN to enable it")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        metrics.rejected.labels("unauthorized").inc()
-        raise HTTPException(401, "missing admin token: send `Authorization: Bearer TOKEN`",
-                            headers={"WWW-Authenticate": "Bearer"})
+        return HTTPException(401, "missing admin token: send `Authorization: Bearer TOKEN`",
+                             headers={"WWW-Authenticate": "Bearer"})
     if not _matches(token.strip(), [settings.admin_token.get_secret_value()]):
-        metrics.rejected.labels("unauthorized").inc()
-        raise HTTPException(403, "invalid admin token")
+        return HTTPException(403, "invalid admin token")
+    return None

@@ -10,10 +10,12 @@ import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.tasks import TASKS
 from service.errors import disconnected_response, error_response
 from service.metrics import Metrics
 
-INFERENCE_PATHS = frozenset({"/v1/classify", "/v1/detect"})
+# Each task's route, as the task table names it: /v1/classify, /v1/detect.
+INFERENCE_PATHS = frozenset(task.route for task in TASKS.values())
 
 
 def is_inference(scope: Scope) -> bool:

@@ -113,3 +113,8 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI ``responses``: these statuses answer in the one error shape."""
+    return {status: {"model": ErrorResponse} for status in statuses}

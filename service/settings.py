@@ -20,7 +20,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    models: list[Path] = Field(
+    # NoDecode: pydantic-settings would parse a list's variable as JSON only, refusing
+    # OCELLUS_MODELS=/srv/export before `_split_list` could see it.
+    models: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="export directories to serve; empty = the embedded default models")
     default_models: bool = Field(
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     # Serving under load (service/batcher.py).
     backend: Literal["auto", "eager", "compiled", "bf16"] = Field(
         "auto", description="inference backend; auto = the fastest whose top-1 agrees with "
-        "fp32 on real images >= 99.5% (models/backends.py)")
+        "fp32 on real images >= 99.5% (service/backends.py)")
     max_batch_size: int = Field(8, gt=0, description="images per forward pass, at most")
     tune_batch_size: bool = Field(
         True, description="at warm-up, measure img/s per batch size and batch at the largest "
@@ -78,10 +80,10 @@ class Settings(BaseSettings):
         default_factory=list, description="if set, /v1/ routes need one of these as "
         "`Authorization: Bearer KEY` or `X-API-Key: KEY`")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "models", mode="before")
     @classmethod
-    def _split_keys(cls, v: object) -> object:
-        # OCELLUS_API_KEYS="k1,k2" as well as a JSON list.
+    def _split_list(cls, v: object) -> object:
+        # OCELLUS_API_KEYS="k1,k2" and OCELLUS_MODELS="a,b" as well as a JSON list.
         if isinstance(v, str):
             text = v.strip()
             return json.loads(text) if text.startswith("[") else [
@@ -95,14 +97,6 @@ class Settings(BaseSettings):
         # never a token that an empty credential could match.
         text = v.get_secret_value() if isinstance(v, SecretStr) else v
         return None if isinstance(text, str) and not text.strip() else v
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split_models(cls, v: object) -> object:
-        # OCELLUS_MODELS="a,b" as well as a JSON list.
-        if isinstance(v, str) and not v.strip().startswith("["):
-            return [p for p in v.split(",") if p.strip()]
-        return v
 
     @property
     def max_request_bytes(self) -> int:

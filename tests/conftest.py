@@ -1,4 +1,7 @@
-"""Shared fixtures: real data sets, a trained Fashion-MNIST model, a real uvicorn server."""
+"""Shared fixtures: real data sets, trained and tiny exports, a real uvicorn server.
+
+Helpers that tests import as functions are in helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import httpx
 import pytest
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+TINY_LABELS = ["red", "green", "blue"]
 
 
 @pytest.fixture(scope="session")
@@ -96,15 +100,19 @@ class Server:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: start a server with extra CLI args and env; all are stopped at the end."""
+    """Factory: start a server with extra CLI args and env; all are stopped at the end.
+
+    It returns once the server is ready, or at once with ``ready=False``.
+    """
     servers: list[Server] = []
     cache = tmp_path_factory.mktemp("ocellus-cache")
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> Server:
         log = tmp_path_factory.mktemp("server") / "server.log"
         server = Server(list(args), {"OCELLUS_CACHE_DIR": str(cache), **(env or {})}, log)
         servers.append(server)
-        server.wait_ready()
+        if ready:
+            server.wait_ready()
         return server
 
     yield start
@@ -164,3 +172,47 @@ def detector_export(tmp_path_factory: pytest.TempPathFactory,
         "--data", str(synth_detect_yaml), "--out", str(out), "--epochs", "10",
         "--img-size", "192", "--batch-size", "8", "--no-progress"])
     return out, main(args)
+
+
+def make_tiny_export(out: Path, *, seed: int = 0, name: str = "tiny") -> Path:
+    """An untrained efficientnet_lite0 classifier of 3 classes at 64 px: quick to load."""
+    import torch
+
+    from models.classification.classifier import ImageClassifier
+    from models.export import Manifest, save_export
+
+    torch.manual_seed(seed)
+    model = ImageClassifier("efficientnet_lite0", len(TINY_LABELS), backbone_weights=None)
+    pre = model.backbone.preprocessing.with_size(64)
+    manifest = Manifest(
+        task="classify", name=name, labels=list(TINY_LABELS), preprocessing=pre.to_dict(),
+        architecture={"name": "classifier", "args": {
+            "backbone": "efficientnet_lite0", "num_classes": len(TINY_LABELS), "dropout": 0.2}})
+    save_export(model, out, manifest)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny classifier exports ("tiny") with different weights."""
+    root = tmp_path_factory.mktemp("tiny-exports")
+    return [make_tiny_export(root / f"seed{s}", seed=s) for s in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 3-class detector ("tinydet") at 64 px: quick to load."""
+    import torch
+
+    from models.detection.detector import Detector
+    from models.export import Manifest, save_export
+
+    torch.manual_seed(0)
+    model = Detector("efficientnet_lite0", len(TINY_LABELS), width=16, img_size=64,
+                     backbone_weights=None)
+    manifest = Manifest(task="detect", name="tinydet", labels=list(TINY_LABELS),
+                        preprocessing=model.preprocessing.to_dict(),
+                        architecture={"name": "detector", "args": model.model_args})
+    out = tmp_path_factory.mktemp("tinydet") / "export"
+    save_export(model, out, manifest)
+    return out

@@ -46,6 +46,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # a 48-megapixel image decoded and predicted: ~3 s each
 @pytest.mark.parametrize(("width", "height"), [(8, 6_000_000), (6_000_000, 8)])
 def test_predict_on_a_48_megapixel_strip(export: Path, tmp_path: Path, capsys,
                                          width: int, height: int) -> None:

@@ -171,6 +171,7 @@ def test_multi_label_keeps_every_class_above_conf_at_an_anchor() -> None:
     assert agn.labels.tolist() == [1, 0]  # one box per place again
 
 
+@pytest.mark.slow  # builds, runs and rebuilds a detector per backbone: ~5 s each
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
 def test_detector_shapes_and_rebuild_from_json_args(backbone: str) -> None:
     torch.manual_seed(0)

@@ -125,6 +125,7 @@ def encode(image: Image.Image, orientation: int, *, jpeg: bool) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # 150 generated images through two predictors: ~5 s
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(shape=shapes(), mode=st.sampled_from(MODES), orientation=st.integers(1, 8),

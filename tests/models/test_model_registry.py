@@ -94,6 +94,7 @@ ModelRegistry(sys.argv[1]).promote("m", sys.argv[2])
 """
 
 
+@pytest.mark.slow  # SIGKILLs promote subprocesses between their writes: ~4 s
 def test_a_promote_killed_between_its_writes_rolls_back_correctly(
         tmp_path: Path, export: Path) -> None:
     """``current`` is the commit point: whatever the kill left, rollback is right."""

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from adversarial_corpus import CASES, Case
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from adversarial_corpus import CASES, Case  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,8 @@
 """Serving under load: micro-batching, back-pressure, timeouts and backend choice.
 
-HTTP behaviour goes through real uvicorn processes (backend selection is tested in
-tests/models/test_backends.py). No test is timed.
+HTTP behaviour goes through real uvicorn processes (the micro-batcher alone, with a
+fake model, is tested in test_batcher.py; backend selection in test_backends.py).
+No test is timed.
 """
 
 from __future__ import annotations
@@ -215,35 +216,3 @@ def test_served_models_report_the_batch_size_they_measured(default_server) -> No
         # The largest size within 10% of the fastest per image (service/batch_tuning.py).
         within = [b for b, v in speeds.items() if v >= max(speeds.values()) / 1.1]
         assert batching["preferred"] == max(within), batching
-
-
-def test_a_queued_request_behind_another_can_be_cancelled() -> None:
-    import threading
-
-    from service.batcher import MicroBatcher
-
-    gate = threading.Event()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        gate.wait(10)  # the first batch holds the inference thread; the others queue
-        return x.flatten(1).sum(1)  # (B,)
-
-    batcher = MicroBatcher("m", forward, lambda out, metas, **_: out.tolist(),
-                           max_batch_size=1, max_delay_ms=0)
-
-    async def main() -> list:
-        jobs = [asyncio.create_task(batcher.submit([torch.full((3, 2, 2), float(i))], [None]))
-                for i in range(3)]
-        await asyncio.sleep(0.2)
-        jobs[2].cancel()  # the second job in the queue: found by identity, not by value
-        await asyncio.sleep(0.1)
-        gate.set()
-        return await asyncio.gather(*jobs, return_exceptions=True)
-
-    try:
-        first, second, third = asyncio.run(main())
-    finally:
-        batcher.close()
-    assert first == [0.0] and second == [12.0]
-    assert isinstance(third, asyncio.CancelledError)
-    assert batcher.queued_images == 0

@@ -9,16 +9,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import WithJsonSchema
 
-from service.deps import DetectModelDep, MetricsDep, SettingsDep, StoreDep
+from models.tasks import get_task
+from service.deps import DetectModelDep, InferenceDep
 from service.errors import RequestError
-from service.inputs import Deadline, prepare_uploads, read_part
+from service.inference import INFERENCE_ERRORS, model_ref
+from service.inputs import read_part
 from service.render import render_detections, wants_image
-from service.schemas import Detection, DetectResponse, DetectResult, ErrorResponse, ModelRef
+from service.schemas import Detection, DetectResponse, DetectResult
 from service.uploads import UPLOAD_BODY, UploadsDep
 
-router = APIRouter()
+TASK = get_task("detect")
+router = APIRouter(prefix=TASK.route, tags=["inference"])  # /v1/detect
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422, 503)}
 # What `parse_classes` reads ("0,2", "5", " 1 , 3,"); the OpenAPI schema says the same.
 CLASS_IDS = re.compile(r"^ *([0-9]+ *)?(, *([0-9]+ *)?)*$")
 ClassIds = Annotated[str, WithJsonSchema({"type": "string", "pattern": CLASS_IDS.pattern})]
@@ -45,14 +47,13 @@ def parse_classes(values: list[str] | None, num_classes: int) -> list[int] | Non
 
 
 @router.post(
-    "/v1/detect", response_model=DetectResponse, tags=["inference"], openapi_extra=UPLOAD_BODY,
-    responses={**ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}},
-                               "description": "JSON detections, or the annotated image"}})
+    "", response_model=DetectResponse, openapi_extra=UPLOAD_BODY,
+    responses={**INFERENCE_ERRORS, 200: {
+        "content": {"image/png": {}, "image/jpeg": {}},
+        "description": "JSON detections, or the annotated image"}})
 async def detect(
     request: Request,
-    store: StoreDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    inference: InferenceDep,
     model: DetectModelDep,  # before the upload: a bad name costs no body read
     files: UploadsDep,
     conf: Annotated[float, Query(ge=0, le=1, description="score threshold")] = 0.25,
@@ -74,34 +75,22 @@ async def detect(
 
     Boxes are ``[x1, y1, x2, y2]`` in the pixels of the original, upright image.
     """
-    with store.use(model, "detect") as served:
+    with inference.use(model, TASK.name) as served:
         class_ids = parse_classes(classes, len(served.predictor.labels))
         media_type = wants_image(request, render)
-        deadline = Deadline.after(settings.request_timeout_s)  # the body has been read
-        images = await prepare_uploads(files, served.predictor, settings,
-                                       pool=store.decode_pool, model=served.name,
-                                       deadline=deadline)
-        for im in images:
-            metrics.observe_image(served.name, width=im.width, height=im.height, nbytes=im.nbytes,
-                                  brightness=im.brightness)
-        results = await served.infer([im.input for im in images], [im.meta for im in images],
-                                     timeout_s=deadline.remaining(),
-                                     conf=conf, iou=iou, max_det=max_det, classes=class_ids,
-                                     agnostic=agnostic, multi_label=multi_label)
-        metrics.observe_predictions(served.name, [(d.label, d.score) for r in results for d in r])
+        images, results = await inference.run(
+            served, files, counted=lambda detections: detections, conf=conf, iou=iou,
+            max_det=max_det, classes=class_ids, agnostic=agnostic, multi_label=multi_label)
         if media_type is not None:
-            upload = files[0].file  # read in the pool, as for decoding (service/inputs.py)
-            body = await store.decode_pool.run(
+            settings, upload = inference.settings, files[0].file
+            # Read in the pool, as for decoding (service/inputs.py).
+            body = await inference.pool.run(
                 lambda: render_detections(read_part(upload, settings), results[0], settings,
                                           media_type))
             return Response(body, media_type=media_type,
                             headers={"X-Detections": str(len(results[0]))})
-        return DetectResponse(
-            model=ModelRef(name=served.name, version=served.manifest.version, task=served.task),
-            results=[
-                DetectResult(filename=im.filename, width=im.width, height=im.height,
-                             detections=[Detection(label=d.label, class_id=d.class_id,
-                                                   score=d.score, box=d.box) for d in result])
-                for im, result in zip(images, results, strict=True)
-            ],
-        )
+        return DetectResponse(model=model_ref(served), results=[
+            DetectResult(filename=im.filename, width=im.width, height=im.height,
+                         detections=[Detection(label=d.label, class_id=d.class_id,
+                                               score=d.score, box=d.box) for d in detections])
+            for im, detections in zip(images, results, strict=True)])

@@ -40,32 +40,15 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409",
 """
 
 
-def _tiny_detector_export(out: Path) -> Path:
-    """An untrained 3-class detector at 64 px: quick to load."""
-    import torch
-
-    from models.detection.detector import Detector
-    from models.export import Manifest, save_export
-
-    torch.manual_seed(0)
-    model = Detector("efficientnet_lite0", 3, width=16, img_size=64, backbone_weights=None)
-    manifest = Manifest(task="detect", name="tinydet", labels=["red", "green", "blue"],
-                        preprocessing=model.preprocessing.to_dict(),
-                        architecture={"name": "detector", "args": model.model_args})
-    save_export(model, out, manifest)
-    return out
-
-
 @pytest.fixture(scope="module")
-def served(start_server, tiny_exports, tmp_path_factory):
+def served(start_server, tiny_exports, tiny_detector_export, tmp_path_factory):
     from models.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("registry")
     registry = ModelRegistry(root)
     for export in tiny_exports:  # two versions, so a rollback has somewhere to go
         registry.promote("tiny", registry.publish("tiny", export))
-    detector = _tiny_detector_export(tmp_path_factory.mktemp("tinydet") / "export")
-    registry.promote("tinydet", registry.publish("tinydet", detector))
+    registry.promote("tinydet", registry.publish("tinydet", tiny_detector_export))
     return start_server("--registry", str(root), env={
         "OCELLUS_ADMIN_TOKEN": ADMIN_TOKEN, "OCELLUS_BACKEND": "eager",
         "OCELLUS_TUNE_BATCH_SIZE": "false", "OCELLUS_REGISTRY_POLL_SECONDS": "0",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 
 from models.export import MANIFEST_FILE
 from models.registry import ModelRegistry

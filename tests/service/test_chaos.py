@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 
 from models.registry import ModelRegistry
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 
 pytestmark = pytest.mark.slow
 
 
-def _server_class() -> type:
-    """tests/conftest.py's `Server`: `conftest` here is tests/ops/conftest.py."""
-    spec = importlib.util.spec_from_file_location(
-        "ocellus_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Server
+# Warming and tuning 32 batch sizes takes a second or more: the window these tests look
+# into (their first request comes within 20 ms of uvicorn listening).
+SLOW_WARM_UP = {"OCELLUS_BACKEND": "eager", "OCELLUS_MAX_BATCH_SIZE": "32"}
 
 
 def _first_answer(server, path: str, timeout: float = 120) -> httpx.Response:
@@ -34,12 +28,8 @@ def _first_answer(server, path: str, timeout: float = 120) -> httpx.Response:
             time.sleep(0.02)
 
 
-def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
-    # Warming and tuning 32 batch sizes takes a second or more: the window this test looks
-    # into (its first /healthz comes within 20 ms of uvicorn listening).
-    server = _server_class()(["--model", str(tiny_exports[0])], {
-        "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
-        "OCELLUS_MAX_BATCH_SIZE": "32"}, tmp_path / "server.log")
+def test_healthz_answers_while_models_load(start_server, tiny_exports) -> None:
+    server = start_server("--model", str(tiny_exports[0]), env=SLOW_WARM_UP, ready=False)
     try:
         started = time.monotonic()
         health = _first_answer(server, "/healthz")
@@ -62,10 +52,8 @@ def test_healthz_answers_while_models_load(tiny_exports, tmp_path) -> None:
     assert "Application shutdown complete" in server.log.read_text()
 
 
-def test_sigterm_while_loading_shuts_down_cleanly(tiny_exports, tmp_path) -> None:
-    server = _server_class()(["--model", str(tiny_exports[0])], {
-        "OCELLUS_CACHE_DIR": str(tmp_path / "cache"), "OCELLUS_BACKEND": "eager",
-        "OCELLUS_MAX_BATCH_SIZE": "32"}, tmp_path / "server.log")  # a long warm-up, as above
+def test_sigterm_while_loading_shuts_down_cleanly(start_server, tiny_exports) -> None:
+    server = start_server("--model", str(tiny_exports[0]), env=SLOW_WARM_UP, ready=False)
     try:
         ready = _first_answer(server, "/readyz")
         assert ready.json()["status"] == "loading", ready.text

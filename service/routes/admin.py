@@ -1,19 +1,17 @@
 """The admin API: reload or roll back a registry model without a restart.
 
 Off unless ``OCELLUS_ADMIN_TOKEN`` is set; each call needs that token as
-``Authorization: Bearer TOKEN``. ``GET /v1/models`` (in routes.py) lists what
+``Authorization: Bearer TOKEN``. ``GET /v1/models`` (models.py) lists what
 is served, with version, backend and path.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi import APIRouter, Depends, Security
 from fastapi.security import HTTPBearer
 
-from models.errors import RegistryError
-from service.auth import require_admin
-from service.registry_watch import RegistryWatcher
-from service.schemas import ErrorResponse, ReloadResponse
+from service.deps import RegistryEntryDep, require_admin
+from service.schemas import ReloadResponse, error_responses
 
 # Only documents the scheme in OpenAPI (auto_error=False): `require_admin` checks the token.
 ADMIN_TOKEN = HTTPBearer(auto_error=False, scheme_name="adminToken",
@@ -21,32 +19,23 @@ ADMIN_TOKEN = HTTPBearer(auto_error=False, scheme_name="adminToken",
 router = APIRouter(prefix="/v1/models", tags=["admin"],
                    dependencies=[Security(ADMIN_TOKEN), Depends(require_admin)])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (401, 403, 404, 409)}
-NameParam = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="registry name")
-
-
-def _watcher(request: Request) -> RegistryWatcher:
-    watcher = getattr(request.app.state, "watcher", None)
-    if watcher is None:
-        raise RegistryError("this service does not serve from a registry: start it with "
-                            "`ocellus serve --registry DIR` (OCELLUS_REGISTRY)")
-    return watcher
+ERRORS = error_responses(401, 403, 404, 409)
 
 
 @router.post("/{name}/reload", response_model=ReloadResponse, responses=ERRORS)
-async def reload_model(request: Request, name: str = NameParam) -> ReloadResponse:
+async def reload_model(entry: RegistryEntryDep) -> ReloadResponse:
     """Serve the registry's current version of `name` now (load, warm, then switch).
 
     409 when the version fails to load; the old version keeps serving.
     """
-    result = await _watcher(request).reload(name, force=True)
+    result = await entry.watcher.reload(entry.name, force=True)
     return ReloadResponse(name=result.name, version=result.version, status=result.status,
                           previous=result.previous)
 
 
 @router.post("/{name}/rollback", response_model=ReloadResponse, responses=ERRORS)
-async def rollback_model(request: Request, name: str = NameParam) -> ReloadResponse:
+async def rollback_model(entry: RegistryEntryDep) -> ReloadResponse:
     """Point `name`'s ``current`` at the version promoted before it, and serve that."""
-    result = await _watcher(request).rollback(name)
+    result = await entry.watcher.rollback(entry.name)
     return ReloadResponse(name=result.name, version=result.version, status=result.status,
                           previous=result.previous)

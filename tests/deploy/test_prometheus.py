@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import png_bytes
+from helpers import png_bytes
 
 pytestmark = pytest.mark.slow
 

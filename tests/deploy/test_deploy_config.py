@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import png_bytes
+from helpers import png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8000

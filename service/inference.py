@@ -1,0 +1,85 @@
+"""One inference request, as every route that takes image uploads runs it.
+
+The steps are LitServe's. The route decodes its own options; `Inference.run`
+decodes the uploads (in the decode pool), predicts (in the model's batcher) and
+counts inputs and predictions for the drift metrics; the route encodes the
+results as its response model. Routes get an `Inference` as a dependency
+(`service.deps.InferenceDep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import UploadFile
+
+from service.inputs import Deadline, DecodePool, PreparedImage, prepare_uploads
+from service.metrics import Metrics
+from service.model_store import ModelStore, ServedModel
+from service.schemas import ModelRef, error_responses
+from service.settings import Settings
+
+# What an inference route may answer besides 200, in the one error shape (service/errors.py).
+INFERENCE_ERRORS = error_responses(400, 404, 413, 415, 422, 503)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What a route needs to answer from uploaded images: models, settings, metrics."""
+
+    store: ModelStore
+    settings: Settings
+    metrics: Metrics
+
+    @property
+    def pool(self) -> DecodePool:
+        """The decode pool: for the route's own CPU-bound image work (rendering)."""
+        return self.store.decode_pool
+
+    @contextmanager
+    def use(self, name: str | None, task: str) -> Iterator[ServedModel]:
+        """The model to answer with, held until the route has answered (`ModelStore.use`)."""
+        with self.store.use(name, task) as served:
+            yield served
+
+    async def run(self, served: ServedModel, files: list[UploadFile], *,
+                  counted: Callable[[Any], Sequence[Any]],
+                  **options: Any) -> tuple[list[PreparedImage], list[Any]]:
+        """Decode `files`, run `served` on them, and count the inputs and predictions.
+
+        The request's deadline (`Settings.request_timeout_s`) starts here, once the body
+        has been read, and covers decoding as well as inference.
+
+        Args:
+            served: The model, from `use`.
+            counted: Which of one image's predictions the prediction metrics count
+                (objects with ``label`` and ``score``): the top class, or every detection.
+            **options: The task's postprocess options (``top_k``; ``conf``, ``iou``, ...).
+
+        Returns:
+            The prepared images and one result per image, both in upload order.
+
+        Raises:
+            ImageError: A part that is not a usable image (400, 413, 415).
+            ServiceOverloadedError: A full queue, or no result within the request
+                timeout (503 with Retry-After).
+        """
+        deadline = Deadline.after(self.settings.request_timeout_s)
+        images = await prepare_uploads(files, served.predictor, self.settings, pool=self.pool,
+                                       model=served.name, deadline=deadline)
+        for im in images:
+            self.metrics.observe_image(served.name, width=im.width, height=im.height,
+                                       nbytes=im.nbytes, brightness=im.brightness)
+        results = await served.infer([im.input for im in images], [im.meta for im in images],
+                                     timeout_s=deadline.remaining(), **options)
+        self.metrics.observe_predictions(served.name, [(p.label, p.score) for result in results
+                                                       for p in counted(result)])
+        return images, results
+
+
+def model_ref(served: ServedModel) -> ModelRef:
+    """The model that answered, as every inference response names it."""
+    return ModelRef(name=served.name, version=served.manifest.version, task=served.task)

@@ -1,0 +1,25 @@
+"""The HTTP API: one router per resource, each with its prefix and tags.
+
+========================  =============================  =========
+module                    paths                          tags
+========================  =============================  =========
+health.py                 /healthz, /readyz              health
+metrics.py                /metrics                       (not in the schema)
+models.py                 GET /v1/models                 models
+classify.py               POST /v1/classify              inference
+detect.py                 POST /v1/detect                inference
+admin.py                  POST /v1/models/{name}/...     admin
+========================  =============================  =========
+
+A new route is a module here with its own ``router``, listed in `ROUTERS`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.routes import admin, classify, detect, health, metrics, models
+
+# In this order in the OpenAPI schema.
+ROUTERS: tuple[APIRouter, ...] = (health.router, models.router, metrics.router,
+                                  classify.router, detect.router, admin.router)

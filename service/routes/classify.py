@@ -1,0 +1,35 @@
+"""``POST /v1/classify``: image classification, the top classes of each upload."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from models.tasks import get_task
+from service.deps import ClassifyModelDep, InferenceDep
+from service.inference import INFERENCE_ERRORS, model_ref
+from service.schemas import ClassifyResponse, ClassifyResult, Prediction
+from service.uploads import UPLOAD_BODY, UploadsDep
+
+TASK = get_task("classify")
+router = APIRouter(prefix=TASK.route, tags=["inference"])  # /v1/classify
+
+
+@router.post("", response_model=ClassifyResponse, responses=INFERENCE_ERRORS,
+             openapi_extra=UPLOAD_BODY)
+async def classify(
+    inference: InferenceDep,
+    model: ClassifyModelDep,  # before the upload: a bad name costs no body read
+    files: UploadsDep,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="classes per image")] = 5,
+) -> ClassifyResponse:
+    """Classify one or more uploaded images (multipart parts named ``file``)."""
+    with inference.use(model, TASK.name) as served:
+        images, results = await inference.run(
+            served, files, counted=lambda classes: classes[:1], top_k=top_k)  # metrics: top-1
+        return ClassifyResponse(model=model_ref(served), results=[
+            ClassifyResult(filename=im.filename, width=im.width, height=im.height,
+                           predictions=[Prediction(label=c.label, index=c.index, score=c.score)
+                                        for c in classes])
+            for im, classes in zip(images, results, strict=True)])
