@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import RegistryError
-from models.registry import ModelRegistry, write_text_atomic
+from models.export import write_atomic
+from models.registry import ModelRegistry
 from models.tasks import get_task, resolve
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def fit_argv(inherited: dict[str, Any], keys: tuple[str, ...], args: argparse.Na
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def work_folder(root: Path) -> Path:
