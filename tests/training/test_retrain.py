@@ -36,7 +36,7 @@ def color_tree(root: Path, per_class: int, seed: int, *, shuffle_labels: bool = 
 @pytest.fixture(scope="module")
 def registry_with_weak_champion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry whose current version barely trained (1 epoch at a tiny learning rate)."""
-    from training.classify.fit import get_args_parser, main
+    from training.classify.train import get_args_parser, main
 
     tmp = tmp_path_factory.mktemp("retrain")
     data = color_tree(tmp / "data0", 10, seed=0)

@@ -13,7 +13,7 @@ from cli.main import main as ocellus
 from models.export import read_manifest
 from models.predictor import load_predictor
 from training.classify.data import load_splits
-from training.classify.fit import get_args_parser, main
+from training.classify.train import get_args_parser, main
 
 
 def _shapes_dataset(root: Path, per_class: int = 12) -> Path:
@@ -51,21 +51,21 @@ def test_train_export_resume_evaluate(tmp_path: Path) -> None:
             "none", "--mode", "fine-tune", "--trainable-stages", "5", "--img-size", "48",
             "--batch-size", "8", "--lr", "3e-3", "--backbone-lr-scale", "1", "--patience", "9"]
     first = main(get_args_parser().parse_args([*base, "--epochs", "2"]))
-    assert [h["epoch"] for h in first["history"]] == [0, 1]
+    assert [h["epoch"] for h in first.training["history"]] == [0, 1]
 
     # Resume from the last checkpoint to 4 epochs: the history continues, it does not restart.
     resumed = main(get_args_parser().parse_args(
         [*base, "--epochs", "4", "--resume", str(out / "checkpoints" / "last.pt")]))
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
-    assert resumed["history"][:2] == first["history"]
+    assert [h["epoch"] for h in resumed.training["history"]] == [0, 1, 2, 3]
+    assert resumed.training["history"][:2] == first.training["history"]
 
     manifest = read_manifest(out)
     assert manifest.task == "classify"
     assert manifest.labels == ["blue_stripes", "green_disc", "red_square"]
     assert manifest.preprocessing["crop_size"] == 48
     assert len(manifest.dataset["fingerprint"]) == 64
-    assert manifest.metrics["val"]["top1"] == resumed["top1"]
-    assert resumed["top1"] > 0.5  # three easy classes, chance is 1/3
+    assert (manifest.weights_sha256, manifest.metrics) == (resumed.weights_sha256, resumed.metrics)
+    assert resumed.metrics["val"]["top1"] > 0.5  # three easy classes, chance is 1/3
 
     # The export alone reproduces the recorded validation top-1 through the Predictor.
     assert ocellus(["evaluate", "--model", str(out), "--data", str(data)]) == 0
@@ -80,7 +80,7 @@ def test_train_export_resume_evaluate(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_transfer_learning_on_fashion_mnist(fashion_model, fashion_mnist_tree) -> None:
     """efficientnet_lite0 feature extraction, 100 images per class → ≥ 75% on 500 held out."""
-    export, result = fashion_model
+    export, written = fashion_model
     manifest = read_manifest(export)
     assert manifest.training["mode"] == "feature-extract"
     from models.backbones.efficientnet_lite import EfficientNetLiteBackbone
@@ -94,7 +94,7 @@ def test_real_transfer_learning_on_fashion_mnist(fashion_model, fashion_mnist_tr
                                           None, 100)
     assert report["num_images"] == 500
     assert report["top1"] >= 0.75, report["top1"]
-    assert abs(report["top1"] - result["top1"]) < 1e-9
+    assert abs(report["top1"] - written.metrics["val"]["top1"]) < 1e-9
 
 
 class _RunsOnLoad:

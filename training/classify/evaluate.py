@@ -24,8 +24,6 @@ def evaluate_classifier(predictor: ClassificationPredictor, samples: list[Sample
     """
     labels = predictor.labels
     k = len(labels)
-    # The fit loop evaluates the model it trains: no dropout, frozen BN statistics.
-    predictor.model.eval()
     loader = DataLoader(ImageListDataset(samples, lambda im: predictor.preprocess(im)[0]),
                         batch_size=batch_size, num_workers=workers)
     confusion = torch.zeros(k, k, dtype=torch.long)

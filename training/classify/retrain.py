@@ -55,7 +55,7 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[list[Sample]
 def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namespace,
                   out: Path) -> None:
     """`ocellus train classify` from the champion's weights and settings, into `out`."""
-    from training.classify.fit import get_args_parser, main
+    from training.classify.train import get_args_parser, main
 
     inherited = dict(champion.training.get("args", {}))
     inherited.setdefault("backbone", champion.architecture["args"]["backbone"])

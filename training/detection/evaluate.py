@@ -2,9 +2,10 @@
 
 Evaluation runs the served `DetectionPredictor` (letterbox, forward, decode,
 NMS, map back) on each ORIGINAL image and scores the boxes in the original
-pixels against the ground truth there. `evaluate_detector` is the fit loop's
-view (a model in training, images already in memory); `evaluate_detection_data`
-is ``ocellus evaluate``'s (an export, image files decoded as the service does).
+pixels against the ground truth there. `evaluate_predictor` scores any stream
+of samples (the fit loop's `training.detection.train.evaluate` feeds it the val
+set in memory); `evaluate_detection_data` is ``ocellus evaluate``'s (an export,
+image files decoded as the service does).
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ import yaml
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
-from models.detection.detector import Detector
 from models.detection.predictor import DetectionPredictor
 from models.errors import DatasetError
-from models.export import Manifest
 from models.imaging import decode_image
 from training.detection.dataset import (
-    YoloDetectionDataset,
     _split_images,
     label_path_for,
     load_data_yaml,
@@ -127,7 +125,7 @@ Sample = tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]
 
 
 @torch.inference_mode()
-def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], *,
+def evaluate_predictor(predictor: DetectionPredictor, samples: Iterable[Sample], *,
                       batch_size: int = 16, conf: float = EVAL_CONF, iou: float = EVAL_IOU,
                       max_det: int = EVAL_MAX_DET) -> dict[str, Any]:
     """Run the served predict path (preprocess, forward, postprocess) and score it.
@@ -165,31 +163,6 @@ def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], 
                   per_class_recall=per_class_recall(preds, targets, predictor.labels),
                   recall_at={"conf": RECALL_CONF, "iou": RECALL_IOU})
     return report
-
-
-def evaluate_detector(model: Detector, dataset: YoloDetectionDataset, names: Sequence[str], *,
-                      conf: float = EVAL_CONF, iou: float = EVAL_IOU,
-                      max_det: int = EVAL_MAX_DET, batch_size: int = 16) -> dict[str, Any]:
-    """Score a model being trained, through a `DetectionPredictor` around it.
-
-    The model is left in the train/eval mode it came in.
-    """
-    was_training = model.training
-    device = next(model.parameters()).device
-    manifest = Manifest(task="detect", architecture={"name": "detector", "args": model.model_args},
-                        labels=list(names), preprocessing=model.preprocessing.to_dict())
-    predictor = DetectionPredictor(model, manifest, device)  # puts the model in eval mode
-
-    def samples() -> Iterable[Sample]:
-        for i in range(len(dataset)):
-            image, boxes, labels = dataset.load(i)
-            yield image, (image.shape[-1], image.shape[-2]), boxes, labels
-
-    try:
-        return predict_and_score(predictor, samples(), batch_size=batch_size, conf=conf,
-                                 iou=iou, max_det=max_det)
-    finally:
-        model.train(was_training)
 
 
 def split_images(data_yaml: str | Path, split: str) -> tuple[list[Path], list[str]]:
@@ -247,7 +220,7 @@ def evaluate_detection_data(predictor: DetectionPredictor, data_yaml: str | Path
                                   torch.tensor([w, h, w, h], dtype=torch.float32))
             yield decoded.tensor, (w, h), boxes, to_model[rows[:, 0].long()]
 
-    report = predict_and_score(predictor, samples(), batch_size=batch_size, conf=conf, iou=iou,
+    report = evaluate_predictor(predictor, samples(), batch_size=batch_size, conf=conf, iou=iou,
                                max_det=max_det)
     report.update(split=split, labels=list(predictor.labels))
     return report

@@ -54,7 +54,7 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[Path, str]:
 def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namespace,
                   out: Path) -> None:
     """`ocellus train detect` from the champion's weights and settings, into `out`."""
-    from training.detection.cli import get_args_parser, main
+    from training.detection.train import get_args_parser, main
 
     inherited = dict(champion.training.get("args", {}))
     model_args = champion.architecture["args"]

@@ -1,8 +1,8 @@
 """Fine-tune a pretrained backbone on an ImageFolder tree, evaluate, and export.
 
 Built like torchvision's reference ``train.py``: `get_args_parser`, `main`,
-`train_one_epoch` and an evaluation through the served `Predictor`. Two modes
-of transfer learning:
+`train_one_epoch` and `evaluate`, which scores the model being trained through
+the served `ClassificationPredictor`. Two modes of transfer learning:
 
 - ``feature-extract``: the backbone is frozen (weights and batch-norm
   statistics); only the new head trains.
@@ -28,7 +28,13 @@ from models.classification.classifier import ImageClassifier
 from models.classification.predictor import ClassificationPredictor
 from models.errors import ExportError
 from models.export import Manifest, load_export, save_export
-from training.classify.data import ImageListDataset, fingerprint, load_splits, train_transform
+from training.classify.data import (
+    ImageListDataset,
+    Sample,
+    fingerprint,
+    load_splits,
+    train_transform,
+)
 from training.classify.evaluate import evaluate_classifier
 from training.schedule import warmup_cosine
 
@@ -66,11 +72,13 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: OUT's name)")
+    p.add_argument("--version", default="1", help="model version in the manifest")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from")
     p.add_argument("--init-from", type=Path, default=None,
                    help="an export (same backbone) whose weights start training: its backbone, "
                         "and its head when its labels are the data's (ocellus retrain)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -85,11 +93,12 @@ def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
                     device: torch.device, epoch: int, *, bf16: bool = False,
-                    deadline: float | None = None) -> tuple[float, int]:
-    """One pass over `loader` (cut short at `deadline`); returns (mean loss, steps)."""
+                    deadline: float | None = None, progress: bool = True) -> dict[str, float]:
+    """One pass over `loader` (cut short at `deadline`); returns the mean loss and the steps."""
     model.train()
     total, seen, steps = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    # disable=None: a bar only on a terminal.
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for images, targets in bar:
         images = images.to(device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
@@ -106,7 +115,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if deadline is not None and time.monotonic() > deadline:
             break
-    return total / max(seen, 1), steps
+    return {"loss": total / max(seen, 1), "steps": steps}
+
+
+def evaluate(predictor: ClassificationPredictor, samples: list[Sample], *,
+             batch_size: int = 64) -> dict[str, Any]:
+    """Top-1, top-5 and per-class figures of the model being trained, through its predictor."""
+    # No dropout, frozen batch-norm statistics: the model as it will be served.
+    predictor.model.eval()
+    return evaluate_classifier(predictor, samples, batch_size=batch_size)
 
 
 def init_from_export(model: ImageClassifier, path: Path, classes: list[str]) -> None:
@@ -124,8 +141,12 @@ def init_from_export(model: ImageClassifier, path: Path, classes: list[str]) -> 
              "backbone and head" if "head.weight" in state else "backbone only")
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, keep the best epoch by validation top-1, export it to ``args.out``."""
+def main(args: argparse.Namespace) -> Manifest:
+    """Train, keep the best epoch by validation top-1, export it to ``args.out``.
+
+    Returns:
+        The export's manifest, as written.
+    """
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     splits = load_splits(args.data, val_fraction=args.val_fraction, seed=args.seed)
@@ -142,6 +163,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     manifest = Manifest(
         task="classify",
         name=args.name or args.out.name,
+        version=str(args.version),
         architecture={"name": "classifier", "args": {
             "backbone": args.backbone, "num_classes": len(splits.classes),
             "dropout": args.dropout}},
@@ -177,10 +199,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + args.time_budget * 60 if args.time_budget else None
     for epoch in range(start_epoch, args.epochs):
-        loss, steps = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
-                               bf16=args.bf16, deadline=deadline)
-        metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
-        history.append({"epoch": epoch, "steps": steps, "train_loss": loss,
+        losses = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
+                                 bf16=args.bf16, deadline=deadline, progress=not args.no_progress)
+        loss = losses["loss"]
+        metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
+        history.append({"epoch": epoch, "steps": losses["steps"], "train_loss": loss,
                         "val_top1": metrics["top1"],
                         "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
                         "minutes": (time.monotonic() - started) / 60})
@@ -207,7 +230,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if best_metrics is None or best_epoch != history[-1]["epoch"]:
         model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
                                          weights_only=True)["model"])
-        best_metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
+        best_metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
     manifest.metrics = {"val": best_metrics}
     manifest.dataset = {"fingerprint": fingerprint(splits.train + splits.val, splits.classes),
                         "root": str(Path(args.data).resolve()), "num_train": len(splits.train),
@@ -222,5 +245,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     save_export(model, args.out, manifest)
     log.info("exported %s (val top-1 %.4f at epoch %d)", args.out, best_metrics["top1"],
              best_epoch + 1)
-    return {"out": str(args.out), "top1": best_metrics["top1"], "best_epoch": best_epoch,
-            "history": history}
+    return manifest
