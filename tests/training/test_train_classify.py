@@ -82,7 +82,7 @@ def test_real_transfer_learning_on_fashion_mnist(fashion_model, fashion_mnist_tr
     """efficientnet_lite0 feature extraction, 100 images per class → ≥ 75% on 500 held out."""
     export, written = fashion_model
     manifest = read_manifest(export)
-    assert manifest.training["mode"] == "feature-extract"
+    assert manifest.training["args"]["mode"] == "feature-extract"
     from models.backbones.efficientnet_lite import EfficientNetLiteBackbone
 
     assert manifest.training["frozen_stages"] == list(EfficientNetLiteBackbone.stage_names)

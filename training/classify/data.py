@@ -1,4 +1,4 @@
-"""ImageFolder data sets for classification, the train/val split and the fingerprint.
+"""ImageFolder data sets for classification and their train/val split.
 
 A data directory is an ImageFolder tree (one folder per class), either with
 ``train/`` and ``val/`` subfolders or without, in which case a stratified split
@@ -7,7 +7,6 @@ is drawn with a fixed seed.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,15 +79,6 @@ def load_splits(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -
         val += items[:n_val]
         train += items[n_val:]
     return Splits(classes, train, val)
-
-
-def fingerprint(samples: list[Sample], classes: list[str]) -> str:
-    """sha256 over class names, relative paths, labels and file contents."""
-    digest = hashlib.sha256("\n".join(classes).encode())
-    for path, target in sorted(samples, key=lambda s: (s[1], s[0].name)):
-        digest.update(f"{target}/{path.name}".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def read_image(path: Path) -> torch.Tensor:

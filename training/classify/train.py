@@ -26,16 +26,15 @@ from tqdm import tqdm
 from models.backbones import list_backbones
 from models.classification.classifier import ImageClassifier
 from models.classification.predictor import ClassificationPredictor
-from models.errors import ExportError
-from models.export import Manifest, load_export, save_export
+from models.export import Manifest
 from training.classify.data import (
     ImageListDataset,
     Sample,
-    fingerprint,
     load_splits,
     train_transform,
 )
 from training.classify.evaluate import evaluate_classifier
+from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -126,21 +125,6 @@ def evaluate(predictor: ClassificationPredictor, samples: list[Sample], *,
     return evaluate_classifier(predictor, samples, batch_size=batch_size)
 
 
-def init_from_export(model: ImageClassifier, path: Path, classes: list[str]) -> None:
-    """Load a verified export's weights into `model`; the head only if the labels match."""
-    source, manifest = load_export(path)
-    state = source.state_dict()
-    if list(manifest.labels) != list(classes):
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = model.load_state_dict(state, strict=False)
-    bad = result.unexpected_keys + [k for k in result.missing_keys if not k.startswith("head.")]
-    if bad:
-        raise ExportError(f"{path}: its weights do not fit backbone {model.backbone.name!r} "
-                          f"(architecture {manifest.architecture}); mismatched keys {bad[:5]}")
-    log.info("initialised from %s (%s)", path,
-             "backbone and head" if "head.weight" in state else "backbone only")
-
-
 def main(args: argparse.Namespace) -> Manifest:
     """Train, keep the best epoch by validation top-1, export it to ``args.out``.
 
@@ -150,26 +134,21 @@ def main(args: argparse.Namespace) -> Manifest:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     splits = load_splits(args.data, val_fraction=args.val_fraction, seed=args.seed)
+    architecture = {"name": "classifier", "args": {
+        "backbone": args.backbone, "num_classes": len(splits.classes), "dropout": args.dropout}}
     model = ImageClassifier(args.backbone, len(splits.classes), dropout=args.dropout,
                             backbone_weights=args.weights)
-    if getattr(args, "init_from", None):
-        init_from_export(model, args.init_from, splits.classes)
+    if args.init_from:
+        init_from_export(model, args.init_from, architecture, splits.classes,
+                         class_tensors="head.")
     pre = model.backbone.preprocessing
     pre = pre.with_size(args.img_size) if args.img_size else pre
     trainable = 0 if args.mode == "feature-extract" else args.trainable_stages
     model.backbone.freeze(trainable)
     model.to(device, memory_format=torch.channels_last)
 
-    manifest = Manifest(
-        task="classify",
-        name=args.name or args.out.name,
-        version=str(args.version),
-        architecture={"name": "classifier", "args": {
-            "backbone": args.backbone, "num_classes": len(splits.classes),
-            "dropout": args.dropout}},
-        labels=splits.classes,
-        preprocessing=pre.to_dict(),
-    )
+    manifest = run_manifest("classify", args, architecture=architecture, labels=splits.classes,
+                            preprocessing=pre.to_dict())
     predictor = ClassificationPredictor(model, manifest, device)
     loader = DataLoader(ImageListDataset(splits.train, train_transform(pre, augment=args.augment)),
                         batch_size=args.batch_size, shuffle=True, drop_last=len(splits.train)
@@ -184,8 +163,6 @@ def main(args: argparse.Namespace) -> Manifest:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     best_metrics: dict[str, Any] | None = None
-    # Plain types only (paths as text), so the checkpoint loads with weights_only=True.
-    plain_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if args.resume:
         # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
@@ -213,8 +190,10 @@ def main(args: argparse.Namespace) -> Manifest:
         log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1, args.epochs,
                  loss, metrics["top1"], metrics["top5"], "  (best)" if improved else "")
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args,
-                "best_top1": best, "best_epoch": best_epoch, "history": history}
+                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                # Plain types only (paths as text), so the checkpoint loads with weights_only.
+                "args": plain_args(args), "best_top1": best, "best_epoch": best_epoch,
+                "history": history}
         torch.save(ckpt, ckpt_dir / "last.pt")
         if improved:
             torch.save(ckpt, ckpt_dir / "best.pt")
@@ -231,18 +210,12 @@ def main(args: argparse.Namespace) -> Manifest:
         model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
                                          weights_only=True)["model"])
         best_metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
-    manifest.metrics = {"val": best_metrics}
-    manifest.dataset = {"fingerprint": fingerprint(splits.train + splits.val, splits.classes),
-                        "root": str(Path(args.data).resolve()), "num_train": len(splits.train),
-                        "num_val": len(splits.val)}
-    manifest.training = {
-        "mode": args.mode, "best_epoch": best_epoch, "history": history,
-        "minutes": (time.monotonic() - started) / 60,
-        "args": plain_args,
-        "frozen_stages": list(model.backbone.frozen_stages),
-    }
-    manifest.provenance = {"backbone_weights": str(args.weights)}
-    save_export(model, args.out, manifest)
+    dataset = dataset_entry(args.data, splits.classes, Path(args.data),
+                            train=[(p,) for p, _ in splits.train],
+                            val=[(p,) for p, _ in splits.val])
+    manifest = export_run(model, manifest, args, metrics=best_metrics, dataset=dataset,
+                          history=history, best_epoch=best_epoch, started=started,
+                          checkpoint=ckpt_dir / "best.pt")
     log.info("exported %s (val top-1 %.4f at epoch %d)", args.out, best_metrics["top1"],
              best_epoch + 1)
     return manifest

@@ -13,9 +13,7 @@ file alone. The best model goes into ``OUT`` as an export (``model.safetensors``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import platform
 import random
 import time
 from pathlib import Path
@@ -28,11 +26,10 @@ from tqdm.auto import tqdm
 from models.backbones import list_backbones
 from models.detection.detector import Detector
 from models.detection.predictor import DetectionPredictor
-from models.errors import DatasetError, ExportError
-from models.export import Manifest, save_export
+from models.errors import DatasetError
+from models.export import Manifest
 from training.detection.augment import DetectionAugment
 from training.detection.dataset import (
-    DetectionDataSpec,
     YoloDetectionDataset,
     detection_collate,
     label_path_for,
@@ -40,6 +37,7 @@ from training.detection.dataset import (
 )
 from training.detection.evaluate import evaluate_detection_data, evaluate_predictor
 from training.detection.loss import DetectionLoss
+from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -132,50 +130,12 @@ def evaluate(predictor: DetectionPredictor, dataset: YoloDetectionDataset, *,
     return evaluate_predictor(predictor, samples(), batch_size=batch_size)
 
 
-def init_from_export(model: Detector, path: str | Path) -> None:
-    """Start from a verified detector export: every tensor whose name and shape fit.
-
-    A retrain keeps the label set, so everything transfers; an export with other
-    classes (or another head width) transfers what fits, as Ultralytics does, and
-    the rest keeps its fresh initialisation.
-
-    Raises:
-        ExportError: The export is not a detector on the same backbone.
-    """
-    from models.export import load_export
-
-    source, manifest = load_export(path)
-    theirs = manifest.architecture.get("args", {})
-    if manifest.architecture.get("name") != "detector" or \
-            theirs.get("backbone") != model.model_args["backbone"]:
-        raise ExportError(f"{path}: --init-from needs a detector export on backbone "
-                          f"{model.model_args['backbone']!r}, got {manifest.architecture}")
-    mine = model.state_dict()
-    fits = {k: v for k, v in source.state_dict().items()
-            if k in mine and mine[k].shape == v.shape}
-    model.load_state_dict(fits, strict=False)
-    log.info("initialised from %s: %d/%d tensors transferred", path, len(fits), len(mine))
-
-
 def load_detector_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[Detector, dict]:
     """Rebuild the model of a checkpoint from the file alone; returns (model in eval mode, ckpt)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     model = Detector(**ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
-
-
-def dataset_fingerprint(spec: DetectionDataSpec) -> str:
-    """sha256 over class names and, per image (sorted), its path, bytes and label bytes."""
-    digest = hashlib.sha256("\n".join(spec.names).encode())
-    for split, images in (("train", spec.train), ("val", spec.val)):
-        for image in sorted(images):
-            label = label_path_for(image)
-            rel = image.relative_to(spec.root) if image.is_relative_to(spec.root) else image
-            digest.update(f"{split}/{rel.as_posix()}".encode())
-            digest.update(hashlib.sha256(image.read_bytes()).digest())
-            digest.update(hashlib.sha256(label.read_bytes() if label.is_file() else b"").digest())
-    return digest.hexdigest()
 
 
 def main(args: argparse.Namespace) -> Manifest:
@@ -196,18 +156,14 @@ def main(args: argparse.Namespace) -> Manifest:
 
     model = Detector(args.backbone, len(spec.names), width=args.width, img_size=args.img_size,
                      backbone_weights=None if args.resume or args.init_from else weights)
+    architecture = {"name": "detector", "args": model.model_args}
     if args.init_from is not None and args.resume is None:
-        init_from_export(model, args.init_from)
+        init_from_export(model, args.init_from, architecture, spec.names,
+                         class_tensors="cls_head.")
     if trainable is not None:
         model.backbone.freeze(trainable)
-    manifest = Manifest(
-        task="detect",
-        name=args.name or args.out.name,
-        version=str(args.version),
-        architecture={"name": "detector", "args": model.model_args},
-        labels=list(spec.names),
-        preprocessing=model.preprocessing.to_dict(),
-    )
+    manifest = run_manifest("detect", args, architecture=architecture, labels=spec.names,
+                            preprocessing=model.preprocessing.to_dict())
     predictor = DetectionPredictor(model, manifest, device)  # moves the model to `device`
     train_set = YoloDetectionDataset(spec.train, len(spec.names), img_size=args.img_size,
                                      augment=DetectionAugment(args.img_size, mosaic_p=args.mosaic))
@@ -225,8 +181,6 @@ def main(args: argparse.Namespace) -> Manifest:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
-    # Plain types only (paths as text), so the checkpoint loads with weights_only=True.
-    plain_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if args.resume is not None:
         # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
         ckpt = torch.load(args.resume, map_location=device, weights_only=True)
@@ -261,7 +215,9 @@ def main(args: argparse.Namespace) -> Manifest:
                  args.epochs, losses["loss"], metrics["map50"], metrics["map50_95"],
                  "  (best)" if improved else "")
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args,
+                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                # Plain types only (paths as text), so the checkpoint loads with weights_only.
+                "args": plain_args(args),
                 "model_args": model.model_args, "names": spec.names, "metrics": metrics,
                 "best_map50_95": best, "best_epoch": best_epoch, "history": history}
         torch.save(ckpt, last_path)
@@ -276,19 +232,12 @@ def main(args: argparse.Namespace) -> Manifest:
     # the val images decoded by the service's decoder.
     report = evaluate_detection_data(DetectionPredictor(model, manifest), args.data,
                                      split="val", batch_size=args.batch_size)
-    manifest.metrics = {"val": {k: report[k] for k in METRIC_KEYS}}
-    manifest.dataset = {"fingerprint": dataset_fingerprint(spec), "data_yaml":
-                        str(Path(args.data).resolve()), "num_train": len(spec.train),
-                        "num_val": len(spec.val), "names": spec.names}
-    manifest.training = {
-        "best_epoch": best_epoch, "history": history,
-        "minutes": (time.monotonic() - started) / 60, "args": plain_args,
-        "frozen_stages": list(model.backbone.frozen_stages),
-    }
-    manifest.provenance = {"backbone_weights": str(weights), "command": "ocellus train detect",
-                           "torch": torch.__version__, "python": platform.python_version(),
-                           "checkpoint": str(best_path)}
-    save_export(model, args.out, manifest)
+    dataset = dataset_entry(args.data, spec.names, spec.root,
+                            train=[(p, label_path_for(p)) for p in spec.train],
+                            val=[(p, label_path_for(p)) for p in spec.val])
+    manifest = export_run(model, manifest, args, metrics={k: report[k] for k in METRIC_KEYS},
+                          dataset=dataset, history=history, best_epoch=best_epoch,
+                          started=started, checkpoint=best_path)
     log.info("exported %s (val mAP50 %.4f, mAP50-95 %.4f)", args.out, report["map50"],
              report["map50_95"])
     return manifest
