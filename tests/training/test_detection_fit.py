@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
-from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
 from models.detection import Detector, make_anchors
@@ -63,29 +61,8 @@ def test_loss_overfits_one_image_and_the_detection_lands_on_the_box() -> None:
     assert float(box_iou(torch.tensor([dets[0].box]), target[:, 2:])) > 0.6
 
 
-def _tiny_set(root: Path, n: int = 8) -> Path:
-    """Images 80x64 with one filled rectangle each (class = colour)."""
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for i in range(n):
-            cls = i % 2
-            im = Image.new("RGB", (80, 64), (90, 90, 90))
-            x1, y1 = 5 + 4 * i, 6 + 3 * i
-            ImageDraw.Draw(im).rectangle([x1, y1, x1 + 29, y1 + 24],
-                                         fill=(250, 30, 30) if cls else (30, 30, 250))
-            im.save(root / "images" / split / f"{i}.png")
-            cx, cy = (x1 + 15) / 80, (y1 + 12.5) / 64
-            (root / "labels" / split / f"{i}.txt").write_text(
-                f"{cls} {cx:.6f} {cy:.6f} {30 / 80:.6f} {25 / 64:.6f}\n")
-    data = root / "data.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train",
-                                    "val": "images/val", "names": ["blue", "red"]}))
-    return data
-
-
-def test_train_resume_and_frozen_stages(tmp_path: Path) -> None:
-    data = _tiny_set(tmp_path / "data")
+def test_train_resume_and_frozen_stages(tmp_path: Path, make_rectangles_yaml) -> None:
+    data = make_rectangles_yaml(tmp_path / "data")
     out = tmp_path / "run"
     argv = ["--data", str(data), "--out", str(out), "--backbone", "resnet18", "--weights", "none",
             "--trainable-stages", "2", "--img-size", "64", "--batch-size", "4", "--width", "16",

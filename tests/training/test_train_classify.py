@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cli.main import main as ocellus
 from models.export import read_manifest
@@ -16,27 +14,8 @@ from training.classify.data import load_splits
 from training.classify.train import get_args_parser, main
 
 
-def _shapes_dataset(root: Path, per_class: int = 12) -> Path:
-    """Three visually distinct classes of generated 48x48 images, without train/val folders."""
-    rng = np.random.default_rng(0)
-    for name in ("red_square", "green_disc", "blue_stripes"):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            img = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
-            if name == "red_square":
-                a = rng.integers(4, 20)
-                img[a:a + 24, a:a + 24, 0] = 230
-            elif name == "green_disc":
-                yy, xx = np.mgrid[:48, :48]
-                img[(yy - 24) ** 2 + (xx - 24) ** 2 < rng.integers(80, 300), 1] = 230
-            else:
-                img[:, :: rng.integers(4, 8), 2] = 230
-            Image.fromarray(img).save(root / name / f"{i}.png")
-    return root
-
-
-def test_split_is_stratified_and_seeded(tmp_path: Path) -> None:
-    data = _shapes_dataset(tmp_path / "data", per_class=10)
+def test_split_is_stratified_and_seeded(tmp_path: Path, make_shapes_tree) -> None:
+    data = make_shapes_tree(tmp_path / "data", per_class=10)
     a = load_splits(data, val_fraction=0.2, seed=1)
     b = load_splits(data, val_fraction=0.2, seed=1)
     assert a.val == b.val and len(a.val) == 6 and len(a.train) == 24
@@ -44,8 +23,8 @@ def test_split_is_stratified_and_seeded(tmp_path: Path) -> None:
     assert not {p for p, _ in a.val} & {p for p, _ in a.train}
 
 
-def test_train_export_resume_evaluate(tmp_path: Path) -> None:
-    data = _shapes_dataset(tmp_path / "data")
+def test_train_export_resume_evaluate(tmp_path: Path, make_shapes_tree) -> None:
+    data = make_shapes_tree(tmp_path / "data")
     out = tmp_path / "export"
     base = ["--data", str(data), "--out", str(out), "--backbone", "resnet18", "--weights",
             "none", "--mode", "fine-tune", "--trainable-stages", "5", "--img-size", "48",
@@ -107,13 +86,13 @@ class _RunsOnLoad:
         return (open, (str(self.marker), "w"))
 
 
-def test_resume_loads_checkpoints_as_data_only(tmp_path: Path) -> None:
+def test_resume_loads_checkpoints_as_data_only(tmp_path: Path, make_shapes_tree) -> None:
     """--resume uses torch.load(weights_only=True): a checkpoint cannot run code."""
     import pickle
 
     import torch
 
-    data = _shapes_dataset(tmp_path / "data", per_class=4)
+    data = make_shapes_tree(tmp_path / "data", per_class=4)
     marker = tmp_path / "ran"
     torch.save({"model": {}, "epoch": 0, "payload": _RunsOnLoad(marker)}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
