@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from models.predictor import load_predictor
+from training.classify.evaluate import evaluate_data
 from training.classify.train import get_args_parser as fit_parser
 from training.classify.train import main as fit
 from training.data.fashion_mnist import export_fashion_mnist
-from training.evaluate import evaluate_classification_data
 
 CONFIGS = {
     # name: fit arguments
@@ -80,7 +80,7 @@ def run(per_class: int, budget_min: float, img_size: int, batch: int, work: Path
             "--time-budget", str(budget_min), "--name", "bench"]))
         minutes = (time.monotonic() - start) / 60
         cpu_minutes = (time.process_time() - cpu0) / 60
-        report = evaluate_classification_data(load_predictor(out), data, "test", 200)
+        report = evaluate_data(load_predictor(out), data, split="test", batch_size=200)
         rows.append({"per_class": per_class, "config": name, "test_top1": report["top1"],
                      "val_top1": manifest.metrics["val"]["top1"],
                      "epochs": len(manifest.training["history"]),

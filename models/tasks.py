@@ -30,8 +30,8 @@ class Task:
             evaluate``'s summary, and what ``ocellus retrain`` compares.
         train: Module of ``ocellus train <name>`` (``get_args_parser``, ``main``,
             ``train_one_epoch``, ``evaluate``).
-        evaluate: ``fn(predictor, data, split, batch_size) -> report`` of
-            ``ocellus evaluate``.
+        evaluate: ``fn(predictor, data, *, split, batch_size) -> report`` of
+            ``ocellus evaluate`` (``split`` None: the data's own validation split).
         retrain: Module of the task's side of ``ocellus retrain`` (``eval_set``,
             ``fit_candidate``, ``score``).
     """
@@ -52,7 +52,7 @@ TASKS: dict[str, Task] = {
         route="/v1/classify",
         metric="top1",
         train="training.classify.train",
-        evaluate="training.evaluate:evaluate_classification_data",
+        evaluate="training.classify.evaluate:evaluate_data",
         retrain="training.classify.retrain",
     ),
     "detect": Task(
@@ -61,7 +61,7 @@ TASKS: dict[str, Task] = {
         route="/v1/detect",
         metric="map50_95",
         train="training.detection.train",
-        evaluate="training.detection.evaluate:evaluate_detection_data",
+        evaluate="training.detection.evaluate:evaluate_data",
         retrain="training.detection.retrain",
     ),
 }

@@ -13,7 +13,7 @@ from models.detection.predictor import DetectionPredictor
 from models.predictor import load_predictor
 from training.data.synth_detect import synth_detect
 from training.detection.dataset import load_data_yaml
-from training.detection.evaluate import evaluate_detection_data
+from training.detection.evaluate import evaluate_data
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +104,7 @@ def test_predictor_evaluation_equals_the_manifest(detector_export, synth_detect_
     assert stored["map50"] >= TRAINED_MAP50_FLOOR, stored
     assert written.metrics["val"]["map50"] == stored["map50"]
     # The export alone, through the served Predictor, reproduces the recorded figures.
-    report = evaluate_detection_data(load_predictor(export), synth_detect_yaml,
-                                     split="val", batch_size=5)
+    report = evaluate_data(load_predictor(export), synth_detect_yaml, batch_size=5)
     for key in ("map50", "map50_95", "precision", "recall"):
         assert report[key] == pytest.approx(stored[key], abs=1e-6), key
     assert report["per_class_ap"] == pytest.approx(stored["per_class_ap"], abs=1e-6)

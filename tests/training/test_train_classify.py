@@ -67,10 +67,9 @@ def test_real_transfer_learning_on_fashion_mnist(fashion_model, fashion_mnist_tr
     assert manifest.training["frozen_stages"] == list(EfficientNetLiteBackbone.stage_names)
     assert manifest.dataset["num_train"] == 1000 and manifest.dataset["num_val"] == 500
     # Re-evaluate from the export alone, through the served Predictor.
-    from training.evaluate import evaluate_classification_data
+    from training.classify.evaluate import evaluate_data
 
-    report = evaluate_classification_data(load_predictor(export), fashion_mnist_tree,
-                                          None, 100)
+    report = evaluate_data(load_predictor(export), fashion_mnist_tree, batch_size=100)
     assert report["num_images"] == 500
     assert report["top1"] >= 0.75, report["top1"]
     assert abs(report["top1"] - written.metrics["val"]["top1"]) < 1e-9

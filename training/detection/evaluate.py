@@ -4,8 +4,9 @@ Evaluation runs the served `DetectionPredictor` (letterbox, forward, decode,
 NMS, map back) on each ORIGINAL image and scores the boxes in the original
 pixels against the ground truth there. `evaluate_predictor` scores any stream
 of samples (the fit loop's `training.detection.train.evaluate` feeds it the val
-set in memory); `evaluate_detection_data` is ``ocellus evaluate``'s (an export,
-image files decoded as the service does).
+set in memory); `evaluate_data` is ``ocellus evaluate``'s entry point (the task
+table's ``evaluate``): an export's predictor on a split of a DATA.yaml, image
+files decoded as the service does.
 """
 
 from __future__ import annotations
@@ -178,11 +179,10 @@ def split_images(data_yaml: str | Path, split: str) -> tuple[list[Path], list[st
     return images, spec.names
 
 
-def evaluate_detection_data(predictor: DetectionPredictor, data_yaml: str | Path, *,
-                            split: str = "val", batch_size: int = 16, conf: float = EVAL_CONF,
-                            iou: float = EVAL_IOU, max_det: int = EVAL_MAX_DET
-                            ) -> dict[str, Any]:
-    """``ocellus evaluate`` on a detector export: a YOLO split, decoded as the service does.
+def evaluate_data(predictor: DetectionPredictor, data: Path, *, split: str | None = None,
+                  batch_size: int = 16, conf: float = EVAL_CONF, iou: float = EVAL_IOU,
+                  max_det: int = EVAL_MAX_DET) -> dict[str, Any]:
+    """`evaluate_predictor` on a split of a DATA.yaml (default ``val``), decoded as served.
 
     Every image file is decoded by `models.imaging.decode_image` (upright, large
     JPEGs at reduced scale) and predicted with the export's own preprocessing,
@@ -198,10 +198,11 @@ def evaluate_detection_data(predictor: DetectionPredictor, data_yaml: str | Path
         DatasetError: A missing split, a malformed label row, or class names the
             model does not know.
     """
-    images, names = split_images(data_yaml, split)
+    split = split or "val"
+    images, names = split_images(data, split)
     unknown = sorted(set(names) - set(predictor.labels))
     if unknown:
-        raise DatasetError(f"{data_yaml}: classes {unknown} are not labels of the model "
+        raise DatasetError(f"{data}: classes {unknown} are not labels of the model "
                            f"({predictor.labels})")
     to_model = torch.tensor([predictor.labels.index(n) for n in names], dtype=torch.long)
 

@@ -68,12 +68,12 @@ def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namesp
 
 def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
     """mAP50-95, mAP50 and per-class AP and recall of an export, as served."""
-    from training.detection.evaluate import evaluate_detection_data
+    from training.detection.evaluate import evaluate_data
 
     predictor = load_predictor(path, device=device)
     if predictor.task != "detect":
         raise RegistryError(f"{path}: expected a detector, got a {predictor.task!r} model")
-    r = evaluate_detection_data(predictor, data_yaml, split="val")
+    r = evaluate_data(predictor, data_yaml, split="val")
     per_class = {name: {"recall": recall, "ap": r["per_class_ap"].get(name, 0.0)}
                  for name, recall in r["per_class_recall"].items()}
     return {"num_images": r["num_images"], "num_objects": r["num_objects"],

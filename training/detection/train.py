@@ -35,7 +35,7 @@ from training.detection.dataset import (
     label_path_for,
     load_data_yaml,
 )
-from training.detection.evaluate import evaluate_detection_data, evaluate_predictor
+from training.detection.evaluate import evaluate_data, evaluate_predictor
 from training.detection.loss import DetectionLoss
 from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
@@ -230,8 +230,8 @@ def main(args: argparse.Namespace) -> Manifest:
     model.cpu()
     # Score the best model exactly as it will be served: the export's own predictor,
     # the val images decoded by the service's decoder.
-    report = evaluate_detection_data(DetectionPredictor(model, manifest), args.data,
-                                     split="val", batch_size=args.batch_size)
+    report = evaluate_data(DetectionPredictor(model, manifest), args.data, split="val",
+                           batch_size=args.batch_size)
     dataset = dataset_entry(args.data, spec.names, spec.root,
                             train=[(p, label_path_for(p)) for p in spec.train],
                             val=[(p, label_path_for(p)) for p in spec.val])
