@@ -29,11 +29,12 @@ class Task:
         metric: The headline score: in a manifest's ``metrics``, in ``ocellus
             evaluate``'s summary, and what ``ocellus retrain`` compares.
         train: Module of ``ocellus train <name>`` (``get_args_parser``, ``main``,
-            ``train_one_epoch``, ``evaluate``).
+            ``train_one_epoch``, ``evaluate``); ``ocellus retrain`` calls its
+            ``main`` too.
         evaluate: ``fn(predictor, data, *, split, batch_size) -> report`` of
             ``ocellus evaluate`` (``split`` None: the data's own validation split).
         retrain: Module of the task's side of ``ocellus retrain`` (``eval_set``,
-            ``fit_candidate``, ``score``).
+            ``score``).
     """
 
     name: str

@@ -1,9 +1,7 @@
-"""The detector side of ``ocellus retrain``: fit a candidate, score an export.
+"""The detector side of ``ocellus retrain``: the frozen evaluation split, and scoring.
 
-The candidate is fine-tuned from the champion's weights (`--init-from`) with the
-champion's own training settings (its manifest's ``training.args``) on the new
-DATA.yaml. Both are scored by COCO mAP50-95 through `DetectionPredictor` on one
-frozen split, with per-class recall at the served default operating point.
+Champion and candidate are scored by COCO mAP50-95 through `DetectionPredictor`
+on one frozen split, with per-class recall at the served default operating point.
 """
 
 from __future__ import annotations
@@ -16,11 +14,6 @@ from models.errors import DatasetError, RegistryError
 from models.export import Manifest
 from models.predictor import load_predictor
 from training.detection.dataset import load_data_yaml
-from training.retrain import fit_argv
-
-# Champion settings a retrain inherits (names of `ocellus train detect` options).
-_INHERITED = ("backbone", "trainable_stages", "epochs", "img_size", "batch_size", "lr",
-              "weight_decay", "warmup_epochs", "width", "mosaic", "workers", "seed")
 
 
 def _check_names(yaml_path: Path, labels: list[str]) -> None:
@@ -49,21 +42,6 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[Path, str]:
         return args.data, f"{args.data} (val split)"
     _check_names(args.eval_data, labels)
     return args.eval_data, f"{args.eval_data} (val split)"
-
-
-def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namespace,
-                  out: Path) -> None:
-    """`ocellus train detect` from the champion's weights and settings, into `out`."""
-    from training.detection.train import get_args_parser, main
-
-    inherited = dict(champion.training.get("args", {}))
-    model_args = champion.architecture["args"]
-    for key in ("backbone", "width", "img_size"):  # what the weights' shapes depend on
-        inherited[key] = model_args[key]
-    if inherited.get("freeze_backbone"):
-        inherited["trainable_stages"] = 0
-    argv = fit_argv(inherited, _INHERITED, args, champion_path, out)
-    main(get_args_parser().parse_args([*argv, "--no-progress"]))
 
 
 def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
