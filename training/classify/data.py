@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from models.errors import DatasetError
-from models.imaging import decode_image
 from models.preprocess import Preprocessing
+from training.images import read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -79,14 +79,6 @@ def load_splits(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -
         val += items[:n_val]
         train += items[n_val:]
     return Splits(classes, train, val)
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """The uint8 (3, H, W) RGB tensor of an image file, decoded as the service does."""
-    try:
-        return decode_image(path.read_bytes()).tensor
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot read image ({exc})") from exc
 
 
 def train_transform(preprocessing: Preprocessing, *, augment: str = "trivialaugment"

@@ -1,12 +1,12 @@
 """Detection metrics (COCO mAP via torchmetrics + pycocotools), on what is served.
 
 Evaluation runs the served `DetectionPredictor` (letterbox, forward, decode,
-NMS, map back) on each ORIGINAL image and scores the boxes in the original
-pixels against the ground truth there. `evaluate_predictor` scores any stream
-of samples (the fit loop's `training.detection.train.evaluate` feeds it the val
-set in memory); `evaluate_data` is ``ocellus evaluate``'s entry point (the task
-table's ``evaluate``): an export's predictor on a split of a DATA.yaml, image
-files decoded as the service does.
+NMS, map back) on each image as decoded (upright, as the service decodes it)
+and scores the boxes against the ground truth in the same pixels.
+`evaluate_predictor` scores any stream of samples; the fit loop's
+`training.detection.train.evaluate` and ``ocellus evaluate``'s `evaluate_data`
+(the task table's ``evaluate``) both feed it from a `YoloDetectionDataset`, so
+per-epoch and final figures read the images alike.
 """
 
 from __future__ import annotations
@@ -22,13 +22,7 @@ from torchvision.ops import box_iou
 
 from models.detection.predictor import DetectionPredictor
 from models.errors import DatasetError
-from models.imaging import decode_image
-from training.detection.dataset import (
-    _split_images,
-    label_path_for,
-    load_data_yaml,
-    read_labels,
-)
+from training.detection.dataset import YoloDetectionDataset, _split_images, load_data_yaml
 
 # COCO-style evaluation settings: a low threshold so the PR curve covers all recalls.
 EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.6, 100
@@ -122,7 +116,16 @@ def per_class_recall(preds: list[dict[str, torch.Tensor]],
 
 
 Sample = tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]
-"""(uint8 image (3, h, w), original (width, height), xyxy boxes (N, 4) in original px, labels)."""
+"""(uint8 image (3, h, w), its (width, height), xyxy boxes (N, 4) in its pixels, labels (N,))."""
+
+
+def dataset_samples(dataset: YoloDetectionDataset, to_model: torch.Tensor | None = None
+                    ) -> Iterable[Sample]:
+    """The samples of a data set, its class indices mapped through `to_model` if given."""
+    for i in range(len(dataset)):
+        image, boxes, labels = dataset.load(i)
+        labels = labels if to_model is None else to_model[labels]
+        yield image, (image.shape[-1], image.shape[-2]), boxes, labels
 
 
 @torch.inference_mode()
@@ -184,11 +187,11 @@ def evaluate_data(predictor: DetectionPredictor, data: Path, *, split: str | Non
                   max_det: int = EVAL_MAX_DET) -> dict[str, Any]:
     """`evaluate_predictor` on a split of a DATA.yaml (default ``val``), decoded as served.
 
-    Every image file is decoded by `models.imaging.decode_image` (upright, large
-    JPEGs at reduced scale) and predicted with the export's own preprocessing,
-    so the figures are those of the served model. Labels are normalised to the
-    upright image, as in Ultralytics. The data set's class names are matched to
-    the model's labels by name.
+    Every image file is read as the fit loop reads it (`training.images.read_image`:
+    upright, a large JPEG at reduced scale for the model's input size) and
+    predicted with the export's own preprocessing, so the figures are those of
+    the served model and match the manifest's. Labels refer to the upright image.
+    The data set's class names are matched to the model's labels by name.
 
     Returns:
         ``num_images``, ``num_objects``, ``map50``, ``map50_95``, ``precision``,
@@ -205,23 +208,9 @@ def evaluate_data(predictor: DetectionPredictor, data: Path, *, split: str | Non
         raise DatasetError(f"{data}: classes {unknown} are not labels of the model "
                            f"({predictor.labels})")
     to_model = torch.tensor([predictor.labels.index(n) for n in names], dtype=torch.long)
-
-    def samples() -> Iterable[Sample]:
-        for path in images:
-            try:
-                decoded = decode_image(path.read_bytes(), max_pixels=1 << 31,
-                                       target_size=predictor.input_size)
-            except OSError as exc:
-                raise DatasetError(f"cannot read image {path}: {exc}") from exc
-            rows = read_labels(label_path_for(path), len(names))  # (N, 5) class cx cy w h
-            w, h = decoded.width, decoded.height
-            cx, cy, bw, bh = (rows[:, k] for k in range(1, 5))
-            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
-            boxes = torch.minimum((boxes * torch.tensor([w, h, w, h])).clamp(min=0),
-                                  torch.tensor([w, h, w, h], dtype=torch.float32))
-            yield decoded.tensor, (w, h), boxes, to_model[rows[:, 0].long()]
-
-    report = evaluate_predictor(predictor, samples(), batch_size=batch_size, conf=conf, iou=iou,
-                               max_det=max_det)
+    dataset = YoloDetectionDataset(images, len(names), img_size=predictor.input_size,
+                                   cache_images=False)
+    report = evaluate_predictor(predictor, dataset_samples(dataset, to_model),
+                                batch_size=batch_size, conf=conf, iou=iou, max_det=max_det)
     report.update(split=split, labels=list(predictor.labels))
     return report

@@ -35,16 +35,12 @@ from training.detection.dataset import (
     label_path_for,
     load_data_yaml,
 )
-from training.detection.evaluate import evaluate_data, evaluate_predictor
+from training.detection.evaluate import dataset_samples, evaluate_predictor
 from training.detection.loss import DetectionLoss
 from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
-
-METRIC_KEYS = ("num_images", "num_objects", "map50", "map50_95", "precision", "recall",
-               "per_class_ap", "per_class_ap50", "per_class_recall", "recall_at", "conf", "iou",
-               "max_det")
 
 
 def get_args_parser(prog: str = "ocellus train detect") -> argparse.ArgumentParser:
@@ -121,13 +117,7 @@ def evaluate(predictor: DetectionPredictor, dataset: YoloDetectionDataset, *,
              batch_size: int = 16) -> dict[str, Any]:
     """COCO metrics of the model being trained, through the predictor that will serve it."""
     predictor.model.eval()
-
-    def samples():
-        for i in range(len(dataset)):
-            image, boxes, labels = dataset.load(i)
-            yield image, (image.shape[-1], image.shape[-2]), boxes, labels
-
-    return evaluate_predictor(predictor, samples(), batch_size=batch_size)
+    return evaluate_predictor(predictor, dataset_samples(dataset), batch_size=batch_size)
 
 
 def load_detector_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[Detector, dict]:
@@ -227,15 +217,13 @@ def main(args: argparse.Namespace) -> Manifest:
     if not best_path.exists():  # resumed a finished run: nothing new was trained
         torch.save(torch.load(last_path, weights_only=True), best_path)
     model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
-    model.cpu()
-    # Score the best model exactly as it will be served: the export's own predictor,
-    # the val images decoded by the service's decoder.
-    report = evaluate_data(DetectionPredictor(model, manifest), args.data, split="val",
-                           batch_size=args.batch_size)
+    # The best model as it will be served: its predictor, the val images as evaluate_data
+    # reads them (`ocellus evaluate` reproduces these figures from the export).
+    report = evaluate(predictor, val_set, batch_size=args.batch_size)
     dataset = dataset_entry(args.data, spec.names, spec.root,
                             train=[(p, label_path_for(p)) for p in spec.train],
                             val=[(p, label_path_for(p)) for p in spec.val])
-    manifest = export_run(model, manifest, args, metrics={k: report[k] for k in METRIC_KEYS},
+    manifest = export_run(model, manifest, args, metrics=report,
                           dataset=dataset, history=history, best_epoch=best_epoch,
                           started=started, checkpoint=best_path)
     log.info("exported %s (val mAP50 %.4f, mAP50-95 %.4f)", args.out, report["map50"],
