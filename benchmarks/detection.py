@@ -30,7 +30,8 @@ from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
 from models.imaging import decode_image
 from training.data.synth_detect import synth_detect
-from training.detection.fit import train_detector
+from training.detection.train import get_args_parser as fit_parser
+from training.detection.train import main as fit
 
 PHOTOS = Path("/usr/share/darknet/data")
 
@@ -56,17 +57,23 @@ def cpu_seconds() -> float:
     return time.process_time()
 
 
+def fit_args(data: Path, out: Path, weights: str | None, epochs: int, args) -> argparse.Namespace:
+    return fit_parser().parse_args([
+        "--data", str(data), "--out", str(out), "--weights", weights or "none",
+        "--epochs", str(epochs), "--img-size", str(args.img_size), "--batch-size",
+        str(args.batch_size), "--seed", str(args.seed), "--no-progress"])
+
+
 def train_run(data: Path, out: Path, weights: str | None, epochs: int, args) -> dict:
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
-    result = train_detector(data, out, backbone="efficientnet_lite0", backbone_weights=weights,
-                            epochs=epochs, img_size=args.img_size, batch_size=args.batch_size,
-                            seed=args.seed, progress=False)
+    manifest = fit(fit_args(data, out, weights, epochs, args))
+    val = manifest.metrics["val"]
     return {"weights": weights or "none (scratch)", "epochs": epochs,
-            "map50": result.metrics["map50"], "map50_95": result.metrics["map50_95"],
-            "precision": result.metrics["precision"], "recall": result.metrics["recall"],
+            "map50": val["map50"], "map50_95": val["map50_95"],
+            "precision": val["precision"], "recall": val["recall"],
             "cpu_minutes": (cpu_seconds() - cpu0) / 60,
             "wall_minutes": (time.perf_counter() - wall0) / 60,
-            "best_epoch": max(result.history, key=lambda h: h["map50_95"])["epoch"]}
+            "best_epoch": manifest.training["best_epoch"]}
 
 
 def throughput(size: int, num_classes: int, seconds: float, batch: int) -> dict:
@@ -107,8 +114,7 @@ def main(args: argparse.Namespace) -> dict:
                             overwrite=True)
         # Probe one epoch (pretrained; scratch costs the same) to size both runs.
         cpu0 = cpu_seconds()
-        train_detector(data, work / "probe", epochs=1, img_size=args.img_size,
-                       batch_size=args.batch_size, seed=args.seed, progress=False)
+        fit(fit_args(data, work / "probe", "imagenet", 1, args))
         per_epoch = cpu_seconds() - cpu0
         epochs = max(1, int(args.budget_minutes * 60 / 2 / per_epoch))
         print(f"probe: {per_epoch:.1f} CPU-s per epoch → {epochs} epochs per run "

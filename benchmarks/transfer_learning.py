@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 
 from models.predictor import load_predictor
-from training.classify.fit import get_args_parser as fit_parser
-from training.classify.fit import main as fit
+from training.classify.evaluate import evaluate_data
+from training.classify.train import get_args_parser as fit_parser
+from training.classify.train import main as fit
 from training.data.fashion_mnist import export_fashion_mnist
-from training.evaluate import evaluate_classification_data
 
 CONFIGS = {
     # name: fit arguments
@@ -57,7 +57,7 @@ def _epoch_seconds(data: Path, args: list[str], img_size: int, batch: int, n_tra
         probe = fit_parser().parse_args([
             "--data", str(data), "--out", str(Path(tmp) / "probe"), *args, "--epochs", "1",
             "--img-size", str(img_size), "--batch-size", str(batch), "--time-budget", "0.25"])
-        first = fit(probe)["history"][0]
+        first = fit(probe).training["history"][0]
     # The probe ran ~15 s of one epoch (plus a validation pass); scale to a full epoch.
     return first["minutes"] * 60 * max(1.0, n_train / batch / max(first["steps"], 1))
 
@@ -74,15 +74,16 @@ def run(per_class: int, budget_min: float, img_size: int, batch: int, work: Path
         epochs = max(1, int(budget_min * 60 * 0.95 // epoch_s))
         out = work / f"{per_class}-{name.replace(' ', '_').replace(',', '')}"
         start, cpu0 = time.monotonic(), time.process_time()
-        result = fit(fit_parser().parse_args([
+        manifest = fit(fit_parser().parse_args([
             "--data", str(data), "--out", str(out), *args, "--epochs", str(epochs),
             "--img-size", str(img_size), "--batch-size", str(batch), "--patience", "1000",
             "--time-budget", str(budget_min), "--name", "bench"]))
         minutes = (time.monotonic() - start) / 60
         cpu_minutes = (time.process_time() - cpu0) / 60
-        report = evaluate_classification_data(load_predictor(out), data, "test", 200)
+        report = evaluate_data(load_predictor(out), data, split="test", batch_size=200)
         rows.append({"per_class": per_class, "config": name, "test_top1": report["top1"],
-                     "val_top1": result["top1"], "epochs": len(result["history"]),
+                     "val_top1": manifest.metrics["val"]["top1"],
+                     "epochs": len(manifest.training["history"]),
                      "minutes": minutes, "cpu_minutes": cpu_minutes})
         logging.info("%s", rows[-1])
     return rows

@@ -13,16 +13,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from models.tasks import TASKS
+
 # words → (module, parser function, main function, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("serve",): ("service.cli", "get_args_parser", "main",
                  "serve models over HTTP (FastAPI + uvicorn)"),
     ("predict",): ("cli.predict", "get_args_parser", "main",
                    "run an export on image files and print JSON"),
-    ("train", "classify"): ("training.classify.fit", "get_args_parser", "main",
-                            "transfer-learn an image classifier and export it"),
-    ("train", "detect"): ("training.detection.cli", "get_args_parser", "main",
-                          "transfer-learn a YOLO-style detector and export it"),
+    # One per task of the table: its training module (`models.tasks.Task.train`).
+    **{("train", task.name): (task.train, "get_args_parser", "main",
+                              f"fine-tune a pretrained backbone for {task.name!r}; export it")
+       for task in TASKS.values()},
     ("evaluate",): ("training.evaluate", "get_args_parser", "main",
                     "evaluate an export on a data set; JSON report and plots"),
     ("data", "fashion-mnist"): ("cli.data", "fashion_mnist_parser", "fashion_mnist_main",

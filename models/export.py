@@ -109,13 +109,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync folder.
+
+    A reader sees the old file or the new one, never half of one, and a crash
+    at any point leaves at most a hidden ``.NAME.*.tmp`` beside it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def save_export(model: nn.Module, out_dir: str | Path, manifest: Manifest) -> Manifest:
@@ -142,9 +152,8 @@ def save_export(model: nn.Module, out_dir: str | Path, manifest: Manifest) -> Ma
     target = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent)) \
         if fresh else out_dir
     try:
-        _write_file_atomic(target / WEIGHTS_FILE, lambda fh: fh.write(blob))
-        _write_file_atomic(target / MANIFEST_FILE, lambda fh: fh.write(text))
-        fsync_dir(target)
+        write_atomic(target / WEIGHTS_FILE, blob)
+        write_atomic(target / MANIFEST_FILE, text)
         if fresh:
             os.replace(target, out_dir)
             fsync_dir(out_dir.parent)

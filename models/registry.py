@@ -35,6 +35,7 @@ from models.export import (
     fsync_dir,
     read_manifest,
     sha256_file,
+    write_atomic,
 )
 
 CURRENT_FILE = "current"
@@ -49,21 +50,6 @@ def _check_part(kind: str, value: str) -> str:
         raise RegistryError(f"{kind} must match {_SAFE.pattern} (letters, digits, '.', '_', "
                             f"'-'; no leading dot), got {value!r}")
     return value
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text`: temp file in the same folder, fsync, rename, fsync folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -192,7 +178,7 @@ class ModelRegistry:
             shutil.copyfile(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
             with open(tmp / WEIGHTS_FILE, "rb+") as fh:
                 os.fsync(fh.fileno())
-            write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2))
+            write_atomic(tmp / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2))
             fsync_dir(tmp)
             os.rename(tmp, dest)
             fsync_dir(folder)
@@ -217,7 +203,7 @@ class ModelRegistry:
         elif not self.path(name, version).is_dir():
             raise RegistryError(f"{name} has no version {version!r}")
         with self._history_lock(name):
-            write_text_atomic(self.root / name / CURRENT_FILE, version + "\n")
+            write_atomic(self.root / name / CURRENT_FILE, version + "\n")
             self._append(name, "promote", version, reason)
 
     def rollback(self, name: str, *, reason: str = "") -> str:
@@ -246,7 +232,7 @@ class ModelRegistry:
                 raise RegistryError(f"{name}: no earlier valid promotion to roll back to "
                                     f"(history: {[e.get('version') for e in self.history(name)]})")
             target = stack[-1]
-            write_text_atomic(self.root / name / CURRENT_FILE, target + "\n")
+            write_atomic(self.root / name / CURRENT_FILE, target + "\n")
             self._append(name, "rollback", target, reason)
         return target
 
@@ -320,4 +306,4 @@ class ModelRegistry:
         events = self.history(name)
         events.append({"action": action, "version": version, "reason": reason,
                        "at": datetime.now(UTC).isoformat(timespec="seconds")})
-        write_text_atomic(self.root / name / HISTORY_FILE, json.dumps(events, indent=2) + "\n")
+        write_atomic(self.root / name / HISTORY_FILE, json.dumps(events, indent=2) + "\n")

@@ -29,11 +29,12 @@ class Task:
         metric: The headline score: in a manifest's ``metrics``, in ``ocellus
             evaluate``'s summary, and what ``ocellus retrain`` compares.
         train: Module of ``ocellus train <name>`` (``get_args_parser``, ``main``,
-            ``train_one_epoch``, ``evaluate``).
-        evaluate: ``fn(predictor, data, split, batch_size) -> report`` of
-            ``ocellus evaluate``.
+            ``train_one_epoch``, ``evaluate``); ``ocellus retrain`` calls its
+            ``main`` too.
+        evaluate: ``fn(predictor, data, *, split, batch_size) -> report`` of
+            ``ocellus evaluate`` (``split`` None: the data's own validation split).
         retrain: Module of the task's side of ``ocellus retrain`` (``eval_set``,
-            ``fit_candidate``, ``score``).
+            ``score``).
     """
 
     name: str
@@ -51,8 +52,8 @@ TASKS: dict[str, Task] = {
         predictor="models.classification.predictor:ClassificationPredictor",
         route="/v1/classify",
         metric="top1",
-        train="training.classify.fit",
-        evaluate="training.evaluate:evaluate_classification_data",
+        train="training.classify.train",
+        evaluate="training.classify.evaluate:evaluate_data",
         retrain="training.classify.retrain",
     ),
     "detect": Task(
@@ -60,8 +61,8 @@ TASKS: dict[str, Task] = {
         predictor="models.detection.predictor:DetectionPredictor",
         route="/v1/detect",
         metric="map50_95",
-        train="training.detection.cli",
-        evaluate="training.detection.evaluate:evaluate_detection_data",
+        train="training.detection.train",
+        evaluate="training.detection.evaluate:evaluate_data",
         retrain="training.detection.retrain",
     ),
 }

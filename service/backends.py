@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torchvision.ops import box_iou
 
 from models.predictor import Predictor
 
@@ -136,14 +137,6 @@ class BackendReport:
         return asdict(self)
 
 
-def _box_iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def rows(outputs: Any, start: int, stop: int, batch_size: int) -> Any:
     """Rows ``start:stop`` of a batch's raw outputs: how the batcher cuts out each request.
 
@@ -191,10 +184,12 @@ def agreement(predictor: Predictor, reference: Any, candidate: Any, metas: list[
         if not rs and not cs:
             matched, total = matched + 1, total + 1
             continue
-        free = list(cs)
-        for r in rs:
-            hit = next((c for c in free if c.class_id == r.class_id
-                        and _box_iou(r.box, c.box) >= DETECTION_IOU), None)
+        ious = box_iou(torch.tensor([r.box for r in rs]).reshape(-1, 4),
+                       torch.tensor([c.box for c in cs]).reshape(-1, 4))  # (R, C)
+        free = list(range(len(cs)))
+        for i, r in enumerate(rs):
+            hit = next((j for j in free if cs[j].class_id == r.class_id
+                        and ious[i, j] >= DETECTION_IOU), None)
             if hit is not None:
                 free.remove(hit)
                 matched += 2

@@ -2,10 +2,11 @@
 
 Random tensors are a poor test of lower precision: logits of noise are close
 together and flip easily, while real photos are what is served. The sources, in
-order: the export's own validation images (``manifest.dataset.root``/``val``),
-then photos bundled with installed packages and the OS (scikit-image,
-scikit-learn, darknet). Each photo also gives a few deterministic crops and a
-mirror image, so a handful of photos yields enough distinct model inputs.
+order: the export's own validation images (the folder ``manifest.dataset.val_dir``,
+which ``ocellus train`` writes for every task), then photos bundled with
+installed packages and the OS (scikit-image, scikit-learn, darknet). Each photo
+also gives a few deterministic crops and a mirror image, so a handful of photos
+yields enough distinct model inputs.
 """
 
 from __future__ import annotations
@@ -44,9 +45,16 @@ def _read(path: Path) -> torch.Tensor | None:
         return None
 
 
+def _val_dir(manifest: Manifest | None) -> Path | None:
+    dataset = (manifest.dataset or {}) if manifest is not None else {}
+    if dataset.get("val_dir"):
+        return Path(dataset["val_dir"])
+    # Classifiers exported before `val_dir` named their ImageFolder tree as `root`.
+    return Path(dataset["root"]) / "val" if dataset.get("root") else None
+
+
 def _export_val_images(manifest: Manifest | None, limit: int) -> Iterator[torch.Tensor]:
-    root = (manifest.dataset or {}).get("root") if manifest is not None else None
-    val = Path(root) / "val" if root else None
+    val = _val_dir(manifest)
     if val is None or not val.is_dir():
         return
     files = sorted(p for p in val.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from models.export import Manifest
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY_LABELS = ["red", "green", "blue"]
 
@@ -134,9 +136,9 @@ def fashion_mnist_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion_model(tmp_path_factory: pytest.TempPathFactory,
-                  fashion_mnist_tree: Path) -> tuple[Path, dict]:
+                  fashion_mnist_tree: Path) -> tuple[Path, Manifest]:
     """efficientnet_lite0, feature extraction, trained on 100 images per class."""
-    from training.classify.fit import get_args_parser, main
+    from training.classify.train import get_args_parser, main
 
     out = tmp_path_factory.mktemp("fashion-model") / "export"
     args = get_args_parser().parse_args([
@@ -163,9 +165,9 @@ def synth_detect_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def detector_export(tmp_path_factory: pytest.TempPathFactory,
-                    synth_detect_yaml: Path) -> tuple[Path, dict]:
+                    synth_detect_yaml: Path) -> tuple[Path, Manifest]:
     """A detector export (efficientnet_lite0, 192 px) briefly trained by `ocellus train detect`."""
-    from training.detection.cli import get_args_parser, main
+    from training.detection.train import get_args_parser, main
 
     out = tmp_path_factory.mktemp("detector") / "garments"
     args = get_args_parser().parse_args([

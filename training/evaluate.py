@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from models.predictor import Predictor, load_predictor
+from models.predictor import load_predictor
+from models.tasks import get_task, resolve
 from training.plots import plot_confusion_matrix, plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -32,41 +33,19 @@ def get_args_parser(prog: str = "ocellus evaluate") -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_classification_data(predictor: Predictor, data: Path, split: str | None,
-                                 batch_size: int) -> dict[str, Any]:
-    from training.classify.data import scan_image_folder
-    from training.classify.evaluate import evaluate_classifier
-
-    root = data / split if split else (data / "val" if (data / "val").is_dir() else data)
-    classes, samples = scan_image_folder(root)
-    if classes != predictor.labels:
-        # Map folder names onto the model's labels; unknown folders are an error.
-        unknown = sorted(set(classes) - set(predictor.labels))
-        if unknown:
-            from models.errors import DatasetError
-
-            raise DatasetError(f"{root}: class folders {unknown} are not labels of the model "
-                               f"({predictor.labels})")
-        samples = [(p, predictor.labels.index(classes[t])) for p, t in samples]
-    return evaluate_classifier(predictor, samples, batch_size=batch_size)
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     predictor = load_predictor(args.model, device=args.device)
     out = args.out or args.model / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    if predictor.task == "classify":
-        report = evaluate_classification_data(predictor, args.data, args.split, args.batch_size)
+    # The task's own evaluation, named by the task table.
+    evaluate_data = resolve(get_task(predictor.task).evaluate)
+    report = evaluate_data(predictor, args.data, split=args.split, batch_size=args.batch_size)
+    if "confusion_matrix" in report:
         plot_confusion_matrix(report["confusion_matrix"], report["labels"],
                               out / "confusion_matrix.png")
-        summary = {k: report[k] for k in ("num_images", "top1", "top5")}
-    else:
-        from training.detection.evaluate import evaluate_detection_data
-
-        report = evaluate_detection_data(predictor, args.data, split=args.split or "val",
-                                         batch_size=args.batch_size)
-        summary = {k: report[k] for k in ("num_images", "map50", "map50_95", "precision",
-                                          "recall") if k in report}
+    # The headline figures: every plain number of the report (per-class tables stay in it).
+    summary = {k: v for k, v in report.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
     plot_training_curves(predictor.manifest.training.get("history", []),
                          out / "training_curves.png")
     report["model"] = {"name": predictor.manifest.name, "version": predictor.manifest.version,

@@ -2,7 +2,8 @@
 
 1. Under the registry name's job lock, read the current version (the champion).
 2. Fine-tune a candidate from the champion's weights with the champion's own
-   training settings (its manifest's ``training.args``) on ``--data``.
+   training settings (its manifest's ``training.args``) on ``--data``: the
+   task's training command (`models.tasks.Task.train`), called directly.
 3. Evaluate champion and candidate with the same `Predictor` code on the same
    frozen evaluation set (``--eval-data``, else the val split of ``--data``):
    top-1 for classifiers, COCO mAP50-95 for detectors, and per-class recall.
@@ -11,8 +12,8 @@
    below its floor: ``max(--min-class-recall, champion recall - --max-class-drop)``.
 5. Write a JSON report of the decision.
 
-The task's side (what data look like, how to fit, how to score) lives in the
-module that the task table names (`models.tasks.Task.retrain`).
+The task's side (what its data look like, how to score) lives in the module
+that the task table names (`models.tasks.Task.retrain`).
 
 Exit codes: 0 promoted, 3 champion kept, 2 error (bad data, registry locked, ...).
 A job killed at any point leaves the registry valid: the candidate is trained
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import RegistryError
-from models.registry import ModelRegistry, write_text_atomic
+from models.export import Manifest, write_atomic
+from models.registry import ModelRegistry
 from models.tasks import get_task, resolve
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,10 @@ EXIT_PROMOTED = 0
 EXIT_KEPT = 3
 EXIT_ERROR = 2
 WORK_DIR = ".tmp"  # REGISTRY/<name>/.tmp: the jobs' work folders
+# Training options that belong to a job, not to the champion's recipe: where the data,
+# the starting weights and the export are, and how this job runs.
+JOB_OPTIONS = frozenset({"data", "out", "weights", "init_from", "resume", "name", "version",
+                         "device", "time_budget", "no_progress"})
 
 
 def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
@@ -98,33 +104,41 @@ def decide(champion: dict[str, Any], candidate: dict[str, Any], *, min_gain: flo
     return {"promote": not reasons, "gain": gain, "reasons": reasons, "class_floors": floors}
 
 
-def fit_argv(inherited: dict[str, Any], keys: tuple[str, ...], args: argparse.Namespace,
-             champion_path: Path, out: Path) -> list[str]:
-    """A fit command's arguments: the champion's settings, then the job's overrides.
+def candidate_args(parser: argparse.ArgumentParser, champion: Manifest, champion_path: Path,
+                   job: argparse.Namespace, out: Path) -> argparse.Namespace:
+    """The candidate's training options: the champion's recipe, then the job's overrides.
+
+    From the training command's defaults, it takes every option of the champion's
+    run (its manifest's ``training.args``) but the job's own (`JOB_OPTIONS`), then
+    the architecture's arguments and input size, which the champion's weights fit,
+    then the job's ``--epochs`` and ``--lr`` when given. The candidate starts from
+    the champion's weights (``--init-from``).
 
     Args:
-        inherited: The champion's training options (its manifest's ``training.args``,
-            completed by the task from the architecture).
-        keys: The options a retrain inherits, by their ``--option`` names.
-        args: The job's arguments (``--epochs``, ``--lr``, ``--time-budget`` override).
-        champion_path: The export the candidate starts from.
+        parser: The task's ``get_args_parser()``.
+        champion: The champion's manifest.
+        champion_path: The champion's export.
+        job: The job's arguments.
         out: Where the candidate's export goes.
     """
-    settings = {**inherited, **{k: getattr(args, k) for k in ("epochs", "lr")
-                                if getattr(args, k) is not None}}
-    argv = ["--data", str(args.data), "--out", str(out), "--weights", "none",
-            "--init-from", str(champion_path), "--name", args.name, "--device", args.device]
-    for key in keys:
-        if settings.get(key) is not None:
-            argv += [f"--{key.replace('_', '-')}", str(settings[key])]
-    if args.time_budget is not None:
-        argv += ["--time-budget", str(args.time_budget)]
-    return argv
+    args = parser.parse_args(["--data", str(job.data), "--out", str(out)])
+    recipe = {**champion.training.get("args", {}), **champion.architecture.get("args", {})}
+    if "crop_size" in champion.preprocessing:
+        recipe["img_size"] = champion.preprocessing["crop_size"]
+    for key, value in recipe.items():
+        if hasattr(args, key) and key not in JOB_OPTIONS:
+            setattr(args, key, value)
+    for key in ("epochs", "lr"):
+        if getattr(job, key) is not None:
+            setattr(args, key, getattr(job, key))
+    args.weights, args.init_from, args.name = "none", champion_path, job.name
+    args.device, args.time_budget, args.no_progress = job.device, job.time_budget, True
+    return args
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
 
 
 def work_folder(root: Path) -> Path:
@@ -161,7 +175,10 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         work = work_folder(registry.root / args.name / WORK_DIR)
         try:
             candidate_path = work / "candidate"
-            task.fit_candidate(champion_manifest, champion_path, args, candidate_path)
+            # The task's own training command, called with the champion's recipe.
+            train = resolve(spec.train)
+            train.main(candidate_args(train.get_args_parser(), champion_manifest,
+                                      champion_path, args, candidate_path))
             # The same Predictor class, the same frozen evaluation set, for both.
             scores = {role: task.score(path, frozen, args.device) for role, path in
                       (("champion", champion_path), ("candidate", candidate_path))}

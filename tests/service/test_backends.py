@@ -4,9 +4,11 @@ checked through the same split (tiny models, deliberately broken fast paths)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from models.classification.predictor import ClassificationPredictor
@@ -150,3 +152,47 @@ def test_auto_backend_takes_a_fast_path_that_agrees() -> None:
 def test_unknown_backend_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="backend must be one of"):
         select_backend(_tiny_predictor(), "tensorrt", [])
+
+
+def _photo_tree(root: Path, folders: dict[str, int]) -> dict[Path, int]:
+    """Solid-grey PNGs, a distinct shade per file: {path: shade}."""
+    shades = {}
+    for folder, n in folders.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            shade = 10 * len(shades) + 5
+            Image.new("RGB", (24, 16), (shade,) * 3).save(root / folder / f"{i}.png")
+            shades[root / folder / f"{i}.png"] = shade
+    return shades
+
+
+def _shades(images: list[torch.Tensor]) -> set[int]:
+    return {int(im[0, 0, 0]) for im in images}
+
+
+def test_the_agreement_check_finds_both_tasks_own_val_images(tmp_path: Path) -> None:
+    """`ocellus train` names its val images the same way for every task (dataset.val_dir)."""
+    from training.export import dataset_entry
+
+    yolo = _photo_tree(tmp_path / "yolo", {"images/train": 3, "images/val": 2})
+    folder = _photo_tree(tmp_path / "tree", {"train/a": 2, "train/b": 2, "val/a": 2, "val/b": 1})
+    for shades, names, root in ((yolo, ["x"], tmp_path / "yolo"),
+                                (folder, ["a", "b"], tmp_path / "tree")):
+        train = [(p,) for p in shades if "train" in p.parts]
+        val = [(p,) for p in shades if "val" in p.parts]
+        entry = dataset_entry(root, names, root, train=train, val=val)
+        manifest = Manifest(task="detect", architecture={"name": "detector"}, labels=names,
+                            preprocessing={}, dataset=entry)
+        found = real_images(manifest, limit=len(val))
+        assert _shades(found) == {shades[p] for (p,) in val}, entry
+
+    # A split drawn from one tree has no folder of val images only: bundled photos then.
+    tree = tmp_path / "tree" / "train"
+    drawn = dataset_entry(tree, ["a", "b"], tree, train=[(tree / "a/0.png",), (tree / "b/0.png",)],
+                          val=[(tree / "a/1.png",), (tree / "b/1.png",)])
+    assert drawn["val_dir"] is None
+    # Manifests written before val_dir named a classifier's ImageFolder tree `root`.
+    old = Manifest(task="classify", architecture={"name": "classifier"}, labels=["a", "b"],
+                   preprocessing={}, dataset={"root": str(tmp_path / "tree")})
+    assert _shades(real_images(old, limit=3)) == {shades for p, shades in folder.items()
+                                                  if "val" in p.parts}

@@ -12,9 +12,8 @@ import pytest
 from models.detection.predictor import DetectionPredictor
 from models.predictor import load_predictor
 from training.data.synth_detect import synth_detect
-from training.detection.cli import dataset_fingerprint
 from training.detection.dataset import load_data_yaml
-from training.detection.evaluate import evaluate_detection_data
+from training.detection.evaluate import evaluate_data
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +51,11 @@ def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> No
     assert (m.task, m.name, m.architecture["name"]) == ("detect", "tiny", "detector")
     assert m.architecture["args"]["img_size"] == 128 and m.labels == spec.names
     assert m.preprocessing["mode"] == "letterbox" and m.preprocessing["crop_size"] == 128
-    assert m.dataset["fingerprint"] == dataset_fingerprint(spec)
+    assert m.dataset["data"] == str(tiny_yaml.resolve())
+    assert m.dataset["val_dir"] == str(tiny_yaml.parent / "images" / "val")
     assert m.dataset["num_val"] == len(spec.val)
     assert [h["epoch"] for h in m.training["history"]] == [0, 1]
-    assert m.training["train_args"]["trainable_stages"] == 0  # --freeze-backbone
+    assert m.training["frozen_stages"] == list(predictor.model.backbone.stage_names)
     val = m.metrics["val"]
     assert {"map50", "map50_95", "precision", "recall", "per_class_ap"} <= set(val)
     assert val["num_images"] == len(spec.val)
@@ -67,12 +67,13 @@ def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> No
         assert report[key] == pytest.approx(val[key], abs=1e-6), key
     assert (tmp_path / "eval" / "training_curves.png").is_file()
 
-    # Resume continues from the checkpoint: only the new epoch trains.
+    # Resume continues from the checkpoint: only the new epoch trains, the history goes on.
     ocellus("train", "detect", "--data", tiny_yaml, "--out", out, "--epochs", "3",
             "--img-size", "128", "--batch-size", "8", "--freeze-backbone", "--no-progress",
             "--resume", out / "checkpoints" / "last.pt")
     resumed = load_predictor(out).manifest
-    assert [h["epoch"] for h in resumed.training["history"]] == [2]
+    assert [h["epoch"] for h in resumed.training["history"]] == [0, 1, 2]
+    assert resumed.training["history"][:2] == m.training["history"]
 
 
 def test_bad_arguments_and_data_fail_clearly(tmp_path: Path, tiny_yaml: Path) -> None:
@@ -97,14 +98,13 @@ def test_bad_arguments_and_data_fail_clearly(tmp_path: Path, tiny_yaml: Path) ->
 
 
 def test_predictor_evaluation_equals_the_manifest(detector_export, synth_detect_yaml) -> None:
-    export, result = detector_export
+    export, written = detector_export
     manifest = json.loads((export / "manifest.json").read_text())
     stored = manifest["metrics"]["val"]
     assert stored["map50"] >= TRAINED_MAP50_FLOOR, stored
-    assert result["map50"] == stored["map50"]
+    assert written.metrics["val"]["map50"] == stored["map50"]
     # The export alone, through the served Predictor, reproduces the recorded figures.
-    report = evaluate_detection_data(load_predictor(export), synth_detect_yaml,
-                                     split="val", batch_size=5)
+    report = evaluate_data(load_predictor(export), synth_detect_yaml, batch_size=5)
     for key in ("map50", "map50_95", "precision", "recall"):
         assert report[key] == pytest.approx(stored[key], abs=1e-6), key
     assert report["per_class_ap"] == pytest.approx(stored["per_class_ap"], abs=1e-6)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from PIL import Image
+from PIL import ExifTags, Image, ImageDraw
 
 from models.errors import DatasetError
 from training.detection.coco import coco_to_yolo
@@ -134,3 +135,68 @@ def test_coco_with_unknown_category_is_a_dataset_error(tmp_path: Path) -> None:
     Image.new("RGB", (10, 10)).save(tmp_path / "imgs" / "x.jpg")
     with pytest.raises(DatasetError, match="category_id 5"):
         coco_to_yolo(tmp_path / "c.json", tmp_path / "imgs", tmp_path / "out")
+
+
+class _RedBoxFinder:
+    """A perfect 'detector' of the one red rectangle in an image: it boxes the red pixels
+    of the image it is given, so it scores mAP 1 only where the image it sees is
+    oriented as the labels are."""
+
+    labels = ["red"]
+    input_size = 64
+    model = torch.nn.Identity()
+
+    def preprocess(self, image: torch.Tensor, *, original_size: tuple[int, int]):
+        red = (image[0].int() > 150) & (image[1].int() < 100)  # (h, w)
+        ys, xs = red.nonzero(as_tuple=True)
+        sx, sy = original_size[0] / image.shape[-1], original_size[1] / image.shape[-2]
+        box = [float(xs.min()) * sx, float(ys.min()) * sy, float(xs.max() + 1) * sx,
+               float(ys.max() + 1) * sy]
+        return torch.tensor(box), None
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+    def postprocess(self, outputs: torch.Tensor, metas, **_) -> list:
+        return [[SimpleNamespace(box=b.tolist(), score=0.9, class_id=0)] for b in outputs]
+
+
+def test_labels_refer_to_the_upright_image_in_training_and_in_both_evaluations(
+        tmp_path: Path) -> None:
+    """A phone photo stored sideways with EXIF Orientation 6 (display: rotate 90° clockwise)."""
+    from training.detection.evaluate import evaluate_data
+    from training.detection.train import evaluate
+
+    upright = Image.new("RGB", (60, 80), (90, 90, 90))  # portrait, as a viewer shows it
+    ImageDraw.Draw(upright).rectangle([10, 40, 29, 69], fill=(230, 20, 20))
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = 6
+        # Stored landscape: the upright image turned 90° counter-clockwise.
+        upright.transpose(Image.Transpose.ROTATE_90).save(
+            tmp_path / "images" / split / "phone.jpg", quality=95, exif=exif)
+        (tmp_path / "labels" / split / "phone.txt").write_text(
+            f"0 {20 / 60:.6f} {55 / 80:.6f} {20 / 60:.6f} {30 / 80:.6f}\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\n"
+                                        "names: [red]\n")
+    spec = load_data_yaml(tmp_path / "data.yaml")
+
+    # Training: the image is upright and its box sits on the red pixels, before and
+    # after letterboxing.
+    ds = YoloDetectionDataset(spec.train, 1, img_size=64)
+    image, boxes, _ = ds.load(0)
+    assert image.shape == (3, 80, 60)
+    assert torch.allclose(boxes, torch.tensor([[10.0, 40, 30, 70]]), atol=1e-3)
+    assert image[0, 42:68, 12:28].float().mean() > 180 and image[1, 42:68, 12:28].max() < 100
+    letterboxed, targets = ds[0]
+    x1, y1, x2, y2 = targets[0, 1:].round().int().tolist()
+    inside = letterboxed[:, y1 + 2:y2 - 2, x1 + 2:x2 - 2].float()
+    assert inside[0].mean() > 180 and inside[1].mean() < 60
+
+    # Per-epoch evaluation (the fit loop's) and final evaluation (ocellus evaluate's)
+    # see the same upright geometry: the red-box finder is exact in both.
+    per_epoch = evaluate(_RedBoxFinder(), YoloDetectionDataset(spec.val, 1, img_size=64))
+    final = evaluate_data(_RedBoxFinder(), tmp_path / "data.yaml")
+    assert per_epoch["map50_95"] == final["map50_95"] == pytest.approx(1.0)

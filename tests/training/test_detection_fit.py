@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
-from PIL import Image, ImageDraw
 from torchvision.ops import box_iou
 
 from models.detection import Detector, make_anchors
 from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
 from training.detection.assign import TaskAlignedAssigner
-from training.detection.fit import load_detector_checkpoint, train_detector
 from training.detection.loss import DetectionLoss
+from training.detection.train import get_args_parser, load_detector_checkpoint, main
 
 
 def test_assigner_picks_anchors_inside_the_box_and_resolves_conflicts() -> None:
@@ -56,49 +54,32 @@ def test_loss_overfits_one_image_and_the_detection_lands_on_the_box() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
-    predictor = DetectionPredictor(model, Manifest(
-        task="detect", architecture={"name": "detector", "args": model.model_args},
-        labels=["a", "b"], preprocessing=model.preprocessing.to_dict()))
-    [[best, *_]] = predictor.predict([image[0]], conf=0.1)
-    assert best.class_id == 1
-    assert float(box_iou(torch.tensor([best.box]), target[:, 2:])) > 0.6
+    manifest = Manifest(task="detect", architecture={"name": "detector", "args": model.model_args},
+                        labels=["a", "b"], preprocessing=model.preprocessing.to_dict())
+    [dets] = DetectionPredictor(model, manifest).predict([image[0]], conf=0.1)
+    assert dets[0].class_id == 1
+    assert float(box_iou(torch.tensor([dets[0].box]), target[:, 2:])) > 0.6
 
 
-def _tiny_set(root: Path, n: int = 8) -> Path:
-    """Images 80x64 with one filled rectangle each (class = colour)."""
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for i in range(n):
-            cls = i % 2
-            im = Image.new("RGB", (80, 64), (90, 90, 90))
-            x1, y1 = 5 + 4 * i, 6 + 3 * i
-            ImageDraw.Draw(im).rectangle([x1, y1, x1 + 29, y1 + 24],
-                                         fill=(250, 30, 30) if cls else (30, 30, 250))
-            im.save(root / "images" / split / f"{i}.png")
-            cx, cy = (x1 + 15) / 80, (y1 + 12.5) / 64
-            (root / "labels" / split / f"{i}.txt").write_text(
-                f"{cls} {cx:.6f} {cy:.6f} {30 / 80:.6f} {25 / 64:.6f}\n")
-    data = root / "data.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train",
-                                    "val": "images/val", "names": ["blue", "red"]}))
-    return data
+def test_train_resume_and_frozen_stages(tmp_path: Path, make_rectangles_yaml) -> None:
+    data = make_rectangles_yaml(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["--data", str(data), "--out", str(out), "--backbone", "resnet18", "--weights", "none",
+            "--trainable-stages", "2", "--img-size", "64", "--batch-size", "4", "--width", "16",
+            "--lr", "2e-3", "--seed", "3", "--no-progress"]
+    first = main(get_args_parser().parse_args([*argv, "--epochs", "1"]))
+    last_path = out / "checkpoints" / "last.pt"
+    assert last_path.is_file() and (out / "checkpoints" / "best.pt").is_file()
+    assert [h["epoch"] for h in first.training["history"]] == [0]
+    assert first.labels == ["blue", "red"] and first.training["args"]["trainable_stages"] == 2
+    assert set(first.metrics["val"]) >= {"map50", "map50_95", "precision", "recall",
+                                         "per_class_ap"}
 
-
-def test_train_resume_and_frozen_stages(tmp_path: Path) -> None:
-    data = _tiny_set(tmp_path / "data")
-    kwargs = dict(backbone="resnet18", backbone_weights=None, trainable_stages=2, img_size=64,
-                  batch_size=4, width=16, lr=2e-3, seed=3, progress=False)
-    first = train_detector(data, tmp_path / "run", epochs=1, **kwargs)
-    assert first.last_path.is_file() and first.best_path.is_file()
-    assert [h["epoch"] for h in first.history] == [0]
-    assert first.names == ["blue", "red"] and first.args["trainable_stages"] == 2
-    assert set(first.metrics) >= {"map50", "map50_95", "precision", "recall", "per_class_ap"}
-
-    resumed = train_detector(data, tmp_path / "run", epochs=3,
-                             resume=tmp_path / "run" / "last.pt", **kwargs)
-    assert [h["epoch"] for h in resumed.history] == [1, 2]  # continued, not restarted
-    last = torch.load(resumed.last_path, weights_only=True)
+    resumed = main(get_args_parser().parse_args([*argv, "--epochs", "3", "--resume",
+                                                 str(last_path)]))
+    # Continued, not restarted.
+    assert [h["epoch"] for h in resumed.training["history"]] == [0, 1, 2]
+    last = torch.load(last_path, weights_only=True)
     assert last["epoch"] == 2
     assert set(last) >= {"model", "optimizer", "lr_scheduler", "epoch", "args", "model_args"}
     steps_per_epoch = 2  # 8 images, batch 4
@@ -107,14 +88,14 @@ def test_train_resume_and_frozen_stages(tmp_path: Path) -> None:
     # Only the top 2 stages (layer3, layer4) moved; the rest kept the seed's init.
     torch.manual_seed(3)
     init = Detector("resnet18", 2, img_size=64, width=16).state_dict()
-    model, ckpt = load_detector_checkpoint(resumed.last_path)
+    model, ckpt = load_detector_checkpoint(last_path)
     trained = model.state_dict()
     assert torch.equal(trained["backbone.layer2.0.conv1.weight"],
                        init["backbone.layer2.0.conv1.weight"])
     assert torch.equal(trained["backbone.stem.0.weight"], init["backbone.stem.0.weight"])
     assert not torch.equal(trained["backbone.layer4.0.conv1.weight"],
                            init["backbone.layer4.0.conv1.weight"])
-    assert ckpt["model_args"] == resumed.model_args == model.model_args
+    assert ckpt["model_args"] == resumed.architecture["args"] == model.model_args
 
 
 def test_per_class_recall_counts_each_box_once_at_the_operating_point() -> None:

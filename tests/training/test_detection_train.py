@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from models.detection import Detector
+from models.detection.predictor import DetectionPredictor
+from models.export import Manifest
+from models.predictor import load_predictor
 from training.data.synth_detect import synth_detect
 from training.detection.dataset import YoloDetectionDataset, load_data_yaml
-from training.detection.evaluate import evaluate_detector
-from training.detection.fit import train_detector
+from training.detection.train import evaluate, get_args_parser, main
 
 MAP50_FLOOR = 0.35
 IMG_SIZE = 256
@@ -33,18 +35,23 @@ def test_training_raises_held_out_map50_well_above_untrained(tmp_path: Path) -> 
     torch.manual_seed(0)
     untrained = Detector("efficientnet_lite0", len(spec.names), img_size=IMG_SIZE,
                          backbone_weights="imagenet")
-    before = evaluate_detector(untrained, val, spec.names)
+    manifest = Manifest(task="detect", architecture={"name": "detector",
+                                                     "args": untrained.model_args},
+                        labels=spec.names, preprocessing=untrained.preprocessing.to_dict())
+    before = evaluate(DetectionPredictor(untrained, manifest), val)
 
-    result = train_detector(data, tmp_path / "run", backbone="efficientnet_lite0",
-                            backbone_weights="imagenet", epochs=10, img_size=IMG_SIZE,
-                            batch_size=16, lr=2e-3, seed=0, progress=False)
-    after = result.metrics
+    out = tmp_path / "run"
+    written = main(get_args_parser().parse_args([
+        "--data", str(data), "--out", str(out), "--epochs", "10", "--img-size", str(IMG_SIZE),
+        "--batch-size", "16", "--lr", "2e-3", "--seed", "0", "--no-progress"]))
+    after = written.metrics["val"]
     assert before["map50"] < 0.05
     assert after["map50"] >= MAP50_FLOOR, after
     assert after["map50"] >= before["map50"] + 0.3
     assert after["map50_95"] > before["map50_95"] + 0.1
     assert set(after["per_class_ap"]) == set(spec.names)
-    # The returned model is best.pt, and it scores what its checkpoint says.
-    again = evaluate_detector(result.model, val, spec.names)
+    # The export is the best epoch, and it scores what its history says.
+    again = evaluate(load_predictor(out), val)
     assert again["map50"] == pytest.approx(after["map50"], abs=1e-6)
-    assert max(h["map50_95"] for h in result.history) == pytest.approx(after["map50_95"])
+    history = written.training["history"]
+    assert max(h["val_map50_95"] for h in history) == pytest.approx(after["map50_95"])

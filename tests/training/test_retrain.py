@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -12,9 +13,7 @@ from PIL import Image
 
 from cli.main import main as ocellus
 from models.registry import ModelRegistry
-from training.retrain import EXIT_KEPT, EXIT_PROMOTED, decide
-
-pytestmark = pytest.mark.slow
+from training.retrain import EXIT_KEPT, EXIT_PROMOTED, JOB_OPTIONS, candidate_args, decide
 
 COLORS = {"blue": (30, 40, 200), "green": (30, 180, 40), "red": (210, 30, 30)}
 
@@ -36,7 +35,7 @@ def color_tree(root: Path, per_class: int, seed: int, *, shuffle_labels: bool = 
 @pytest.fixture(scope="module")
 def registry_with_weak_champion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry whose current version barely trained (1 epoch at a tiny learning rate)."""
-    from training.classify.fit import get_args_parser, main
+    from training.classify.train import get_args_parser, main
 
     tmp = tmp_path_factory.mktemp("retrain")
     data = color_tree(tmp / "data0", 10, seed=0)
@@ -50,6 +49,7 @@ def registry_with_weak_champion(tmp_path_factory: pytest.TempPathFactory) -> Pat
     return tmp
 
 
+@pytest.mark.slow
 def test_better_candidate_is_promoted_then_worse_one_refused(
         registry_with_weak_champion: Path) -> None:
     tmp = registry_with_weak_champion
@@ -82,6 +82,7 @@ def test_better_candidate_is_promoted_then_worse_one_refused(
     assert registry.versions("colors") == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_a_second_job_is_locked_out(registry_with_weak_champion: Path) -> None:
     tmp = registry_with_weak_champion
     registry = ModelRegistry(tmp / "registry")
@@ -91,6 +92,7 @@ def test_a_second_job_is_locked_out(registry_with_weak_champion: Path) -> None:
     assert code == 2
 
 
+@pytest.mark.slow
 def test_decision_floors() -> None:
     champ = {"top1": 0.8, "per_class": {"a": {"recall": 0.9}, "b": {"recall": 0.7}}}
     better = {"top1": 0.9, "per_class": {"a": {"recall": 1.0}, "b": {"recall": 0.8}}}
@@ -103,6 +105,7 @@ def test_decision_floors() -> None:
     assert not decide(champ, better, **{**kw, "min_class_recall": 0.85})["promote"]
 
 
+@pytest.mark.slow
 def test_a_job_killed_at_any_point_leaves_the_registry_valid(
         registry_with_weak_champion: Path) -> None:
     """SIGKILL the job at spread-out moments (training, evaluation, publishing)."""
@@ -142,6 +145,7 @@ def test_a_job_killed_at_any_point_leaves_the_registry_valid(
     assert subprocess.run(cmd, cwd=repo, capture_output=True, timeout=600).returncode == 0
 
 
+@pytest.mark.slow
 def test_the_next_job_removes_what_a_killed_job_left(registry_with_weak_champion: Path) -> None:
     """Work folders live in REGISTRY/<name>/.tmp; the next job, under the lock, clears it."""
     import os
@@ -169,3 +173,25 @@ def test_the_next_job_removes_what_a_killed_job_left(registry_with_weak_champion
     assert left.name.startswith(f"retrain-{proc.pid}-")
     assert ocellus([*common, "--epochs", "1"]) == EXIT_KEPT  # a dry run keeps the champion
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_a_candidate_trains_with_the_champions_recipe_and_the_jobs_overrides(
+        task: str, tiny_classifier, tiny_detector, tmp_path: Path) -> None:
+    from models.tasks import get_task, resolve
+
+    champion_path, champion = tiny_classifier if task == "classify" else tiny_detector
+    parser = resolve(get_task(task).train).get_args_parser()
+    job = argparse.Namespace(data=tmp_path / "new", name="colors", device="cpu", epochs=7,
+                             lr=None, time_budget=2.5)
+    args = candidate_args(parser, champion, champion_path, job, tmp_path / "candidate")
+    recipe = champion.training["args"]
+    assert set(vars(args)) == set(recipe)  # every option of the command, nothing else
+    for key, value in vars(args).items():
+        if key not in JOB_OPTIONS | {"epochs"}:
+            assert value == recipe[key], key
+    assert (args.data, args.out) == (job.data, tmp_path / "candidate")
+    assert (args.weights, args.init_from, args.name) == ("none", champion_path, "colors")
+    assert (args.epochs, args.lr, args.time_budget) == (7, recipe["lr"], 2.5)
+    assert args.no_progress and args.resume is None
+    assert args.img_size == champion.preprocessing["crop_size"]

@@ -1,4 +1,4 @@
-"""ImageFolder data sets for classification, the train/val split and the fingerprint.
+"""ImageFolder data sets for classification and their train/val split.
 
 A data directory is an ImageFolder tree (one folder per class), either with
 ``train/`` and ``val/`` subfolders or without, in which case a stratified split
@@ -7,7 +7,6 @@ is drawn with a fixed seed.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from models.errors import DatasetError
-from models.imaging import decode_image
 from models.preprocess import Preprocessing
+from training.images import read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -80,23 +79,6 @@ def load_splits(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -
         val += items[:n_val]
         train += items[n_val:]
     return Splits(classes, train, val)
-
-
-def fingerprint(samples: list[Sample], classes: list[str]) -> str:
-    """sha256 over class names, relative paths, labels and file contents."""
-    digest = hashlib.sha256("\n".join(classes).encode())
-    for path, target in sorted(samples, key=lambda s: (s[1], s[0].name)):
-        digest.update(f"{target}/{path.name}".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """The uint8 (3, H, W) RGB tensor of an image file, decoded as the service does."""
-    try:
-        return decode_image(path.read_bytes()).tensor
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot read image ({exc})") from exc
 
 
 def train_transform(preprocessing: Preprocessing, *, augment: str = "trivialaugment"

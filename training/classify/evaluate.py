@@ -1,14 +1,21 @@
-"""Evaluate a classifier through its `Predictor`: exactly what the service serves."""
+"""Evaluate a classifier through its `Predictor`: exactly what the service serves.
+
+`evaluate_classifier` scores a list of samples (the fit loop's val split);
+`evaluate_data` is ``ocellus evaluate``'s entry point (the task table's
+``evaluate``): an export's predictor on an ImageFolder tree.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from models.classification.predictor import ClassificationPredictor
-from training.classify.data import ImageListDataset, Sample
+from models.errors import DatasetError
+from training.classify.data import ImageListDataset, Sample, scan_image_folder
 
 
 @torch.inference_mode()
@@ -24,8 +31,6 @@ def evaluate_classifier(predictor: ClassificationPredictor, samples: list[Sample
     """
     labels = predictor.labels
     k = len(labels)
-    # The fit loop evaluates the model it trains: no dropout, frozen BN statistics.
-    predictor.model.eval()
     loader = DataLoader(ImageListDataset(samples, lambda im: predictor.preprocess(im)[0]),
                         batch_size=batch_size, num_workers=workers)
     confusion = torch.zeros(k, k, dtype=torch.long)
@@ -56,3 +61,24 @@ def evaluate_classifier(predictor: ClassificationPredictor, samples: list[Sample
         "labels": labels,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def evaluate_data(predictor: ClassificationPredictor, data: Path, *, split: str | None = None,
+                  batch_size: int = 64) -> dict[str, Any]:
+    """`evaluate_classifier` on an ImageFolder tree: ``data/split``, else its ``val/``, else all.
+
+    Class folders are matched to the model's labels by name; a folder may be
+    missing, but not unknown.
+
+    Raises:
+        DatasetError: A class folder that is not a label of the model.
+    """
+    root = data / split if split else (data / "val" if (data / "val").is_dir() else data)
+    classes, samples = scan_image_folder(root)
+    if classes != predictor.labels:
+        unknown = sorted(set(classes) - set(predictor.labels))
+        if unknown:
+            raise DatasetError(f"{root}: class folders {unknown} are not labels of the model "
+                               f"({predictor.labels})")
+        samples = [(p, predictor.labels.index(classes[t])) for p, t in samples]
+    return evaluate_classifier(predictor, samples, batch_size=batch_size)

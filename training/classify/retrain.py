@@ -1,8 +1,7 @@
-"""The classifier side of ``ocellus retrain``: fit a candidate, score an export.
+"""The classifier side of ``ocellus retrain``: the frozen evaluation set, and scoring.
 
-The candidate is fine-tuned from the champion's weights with the champion's own
-training settings (its manifest's ``training.args``); both are scored by top-1
-and per-class recall through `ClassificationPredictor`, on one frozen set.
+Champion and candidate are scored by top-1 and per-class recall through
+`ClassificationPredictor`, on one frozen set.
 """
 
 from __future__ import annotations
@@ -17,12 +16,6 @@ from models.export import Manifest
 from models.predictor import load_predictor
 from training.classify.data import Sample, load_splits, scan_image_folder
 from training.classify.evaluate import evaluate_classifier
-from training.retrain import fit_argv
-
-# Champion settings a retrain inherits (names of `ocellus train classify` options).
-_INHERITED = ("backbone", "mode", "trainable_stages", "epochs", "batch_size", "img_size", "lr",
-              "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing",
-              "dropout", "augment", "patience", "val_fraction", "seed")
 
 
 def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[list[Sample], str]:
@@ -50,19 +43,6 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[list[Sample]
         raise DatasetError(f"{root}: the evaluation set has classes {classes}, the model "
                            f"has {labels}")
     return samples, str(root)
-
-
-def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namespace,
-                  out: Path) -> None:
-    """`ocellus train classify` from the champion's weights and settings, into `out`."""
-    from training.classify.fit import get_args_parser, main
-
-    inherited = dict(champion.training.get("args", {}))
-    inherited.setdefault("backbone", champion.architecture["args"]["backbone"])
-    inherited.setdefault("dropout", champion.architecture["args"].get("dropout", 0.2))
-    inherited["img_size"] = champion.preprocessing.get("crop_size", inherited.get("img_size"))
-    argv = fit_argv(inherited, _INHERITED, args, champion_path, out)
-    main(get_args_parser().parse_args(argv))
 
 
 def score(path: Path, samples: list[Sample], device: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torchvision.ops import box_iou
 
 
 class Assignment(NamedTuple):
@@ -30,16 +31,6 @@ class Assignment(NamedTuple):
     scores: torch.Tensor
     fg: torch.Tensor
     gt_index: torch.Tensor
-
-
-def pairwise_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """IoU of broadcastable xyxy boxes ``(..., 4)`` and ``(..., 4)`` → ``(...)``."""
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_a + area_b - inter + eps)
 
 
 class TaskAlignedAssigner:
@@ -83,7 +74,9 @@ class TaskAlignedAssigner:
         # Score of each object's class at each anchor, and IoU with its box: (B, M, A).
         labels = gt_labels.clamp(min=0)
         cls_score = pd_scores.transpose(1, 2).gather(1, labels[..., None].expand(b, m, a))
-        iou = pairwise_iou(gt_boxes[:, :, None], pd_boxes[:, None]) * cand
+        iou = torch.stack([box_iou(g, p) for g, p in zip(gt_boxes, pd_boxes, strict=True)])
+        # Padding objects are (0, 0, 0, 0): against a degenerate prediction, 0 / 0.
+        iou = iou.nan_to_num(0.0) * cand
         align = cls_score.pow(self.alpha) * iou.pow(self.beta) * cand  # (B, M, A)
         k = min(self.topk, a)
         top = align.topk(k, dim=-1).indices  # (B, M, k)

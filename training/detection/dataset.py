@@ -11,6 +11,9 @@ Each image ``.../images/<split>/x.jpg`` has ``.../labels/<split>/x.txt`` with on
 row ``class cx cy w h`` per object (centre and size normalised to [0, 1]); a
 missing label file means an image with no objects. Every label file is checked
 when the data set is opened, so a bad row fails at once, naming file and line.
+
+Labels refer to the upright image (EXIF orientation applied), as in COCO tooling
+and Ultralytics; images are read by `training.images.read_image`.
 """
 
 from __future__ import annotations
@@ -20,15 +23,15 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
-from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.ops import box_convert
 
 from models.detection.letterbox import boxes_to_letterbox, letterbox
 from models.errors import DatasetError
 from training.detection.augment import DetectionAugment
+from training.images import read_image
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +166,24 @@ def read_labels(path: Path, num_classes: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """uint8 ``(3, H, W)`` RGB, as stored (no EXIF rotation: labels refer to stored pixels)."""
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+def yolo_to_xyxy(rows: torch.Tensor, width: int, height: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label rows ``(N, 5)`` [class, cx, cy, w, h] → xyxy pixel boxes ``(N, 4)`` and classes.
+
+    `width` and `height` are the upright image's; boxes are clipped to it.
+    """
+    size = rows.new_tensor([width, height, width, height])
+    boxes = box_convert(rows[:, 1:], "cxcywh", "xyxy") * size
+    return torch.minimum(boxes.clamp(min=0), size), rows[:, 0].long()
 
 
 class YoloDetectionDataset(Dataset):
     """Images and boxes of one split, letterboxed (and augmented) to ``img_size``.
 
     Items are ``(image uint8 (3, S, S), targets (N, 5) [class, x1, y1, x2, y2])``
-    with boxes in the pixels of the S x S input. `load` gives the original image
-    and boxes, which evaluation uses.
+    with boxes in the pixels of the S x S input. `load` gives the decoded image
+    and its boxes, which evaluation uses: decoded for input side S, as the
+    service decodes (a large JPEG at reduced scale), and upright.
     """
 
     def __init__(self, images: list[Path], num_classes: int, *, img_size: int,
@@ -192,20 +197,15 @@ class YoloDetectionDataset(Dataset):
         return len(self.images)
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Original uint8 image ``(3, H, W)``, its xyxy boxes ``(N, 4)``, labels ``(N,)``."""
+        """Upright uint8 image ``(3, H, W)``, its xyxy boxes ``(N, 4)``, labels ``(N,)``."""
         if self._cache is not None and i in self._cache:
             image = self._cache[i]
         else:
-            image = read_image(self.images[i])
+            image = read_image(self.images[i], target_size=self.img_size)
             if self._cache is not None:
                 self._cache[i] = image
-        _, h, w = image.shape
-        lab = self.labels[i]
-        cx, cy, bw, bh = (lab[:, k] for k in range(1, 5))
-        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
-        boxes = (boxes * torch.tensor([w, h, w, h])).clamp(min=0)
-        boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], dtype=boxes.dtype))
-        return image, boxes, lab[:, 0].long()
+        boxes, labels = yolo_to_xyxy(self.labels[i], image.shape[-1], image.shape[-2])
+        return image, boxes, labels
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.augment is None:

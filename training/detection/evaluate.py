@@ -1,10 +1,12 @@
 """Detection metrics (COCO mAP via torchmetrics + pycocotools), on what is served.
 
 Evaluation runs the served `DetectionPredictor` (letterbox, forward, decode,
-NMS, map back) on each ORIGINAL image and scores the boxes in the original
-pixels against the ground truth there. `evaluate_detector` is the fit loop's
-view (a model in training, images already in memory); `evaluate_detection_data`
-is ``ocellus evaluate``'s (an export, image files decoded as the service does).
+NMS, map back) on each image as decoded (upright, as the service decodes it)
+and scores the boxes against the ground truth in the same pixels.
+`evaluate_predictor` scores any stream of samples; the fit loop's
+`training.detection.train.evaluate` and ``ocellus evaluate``'s `evaluate_data`
+(the task table's ``evaluate``) both feed it from a `YoloDetectionDataset`, so
+per-epoch and final figures read the images alike.
 """
 
 from __future__ import annotations
@@ -18,18 +20,9 @@ import yaml
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
-from models.detection.detector import Detector
 from models.detection.predictor import DetectionPredictor
 from models.errors import DatasetError
-from models.export import Manifest
-from models.imaging import decode_image
-from training.detection.dataset import (
-    YoloDetectionDataset,
-    _split_images,
-    label_path_for,
-    load_data_yaml,
-    read_labels,
-)
+from training.detection.dataset import YoloDetectionDataset, _split_images, load_data_yaml
 
 # COCO-style evaluation settings: a low threshold so the PR curve covers all recalls.
 EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.6, 100
@@ -123,11 +116,20 @@ def per_class_recall(preds: list[dict[str, torch.Tensor]],
 
 
 Sample = tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]
-"""(uint8 image (3, h, w), original (width, height), xyxy boxes (N, 4) in original px, labels)."""
+"""(uint8 image (3, h, w), its (width, height), xyxy boxes (N, 4) in its pixels, labels (N,))."""
+
+
+def dataset_samples(dataset: YoloDetectionDataset, to_model: torch.Tensor | None = None
+                    ) -> Iterable[Sample]:
+    """The samples of a data set, its class indices mapped through `to_model` if given."""
+    for i in range(len(dataset)):
+        image, boxes, labels = dataset.load(i)
+        labels = labels if to_model is None else to_model[labels]
+        yield image, (image.shape[-1], image.shape[-2]), boxes, labels
 
 
 @torch.inference_mode()
-def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], *,
+def evaluate_predictor(predictor: DetectionPredictor, samples: Iterable[Sample], *,
                       batch_size: int = 16, conf: float = EVAL_CONF, iou: float = EVAL_IOU,
                       max_det: int = EVAL_MAX_DET) -> dict[str, Any]:
     """Run the served predict path (preprocess, forward, postprocess) and score it.
@@ -167,31 +169,6 @@ def predict_and_score(predictor: DetectionPredictor, samples: Iterable[Sample], 
     return report
 
 
-def evaluate_detector(model: Detector, dataset: YoloDetectionDataset, names: Sequence[str], *,
-                      conf: float = EVAL_CONF, iou: float = EVAL_IOU,
-                      max_det: int = EVAL_MAX_DET, batch_size: int = 16) -> dict[str, Any]:
-    """Score a model being trained, through a `DetectionPredictor` around it.
-
-    The model is left in the train/eval mode it came in.
-    """
-    was_training = model.training
-    device = next(model.parameters()).device
-    manifest = Manifest(task="detect", architecture={"name": "detector", "args": model.model_args},
-                        labels=list(names), preprocessing=model.preprocessing.to_dict())
-    predictor = DetectionPredictor(model, manifest, device)  # puts the model in eval mode
-
-    def samples() -> Iterable[Sample]:
-        for i in range(len(dataset)):
-            image, boxes, labels = dataset.load(i)
-            yield image, (image.shape[-1], image.shape[-2]), boxes, labels
-
-    try:
-        return predict_and_score(predictor, samples(), batch_size=batch_size, conf=conf,
-                                 iou=iou, max_det=max_det)
-    finally:
-        model.train(was_training)
-
-
 def split_images(data_yaml: str | Path, split: str) -> tuple[list[Path], list[str]]:
     """The images of `split` (``train``, ``val``, ``test`` or any key) and the class names."""
     spec = load_data_yaml(data_yaml, check_labels=False)
@@ -205,17 +182,16 @@ def split_images(data_yaml: str | Path, split: str) -> tuple[list[Path], list[st
     return images, spec.names
 
 
-def evaluate_detection_data(predictor: DetectionPredictor, data_yaml: str | Path, *,
-                            split: str = "val", batch_size: int = 16, conf: float = EVAL_CONF,
-                            iou: float = EVAL_IOU, max_det: int = EVAL_MAX_DET
-                            ) -> dict[str, Any]:
-    """``ocellus evaluate`` on a detector export: a YOLO split, decoded as the service does.
+def evaluate_data(predictor: DetectionPredictor, data: Path, *, split: str | None = None,
+                  batch_size: int = 16, conf: float = EVAL_CONF, iou: float = EVAL_IOU,
+                  max_det: int = EVAL_MAX_DET) -> dict[str, Any]:
+    """`evaluate_predictor` on a split of a DATA.yaml (default ``val``), decoded as served.
 
-    Every image file is decoded by `models.imaging.decode_image` (upright, large
-    JPEGs at reduced scale) and predicted with the export's own preprocessing,
-    so the figures are those of the served model. Labels are normalised to the
-    upright image, as in Ultralytics. The data set's class names are matched to
-    the model's labels by name.
+    Every image file is read as the fit loop reads it (`training.images.read_image`:
+    upright, a large JPEG at reduced scale for the model's input size) and
+    predicted with the export's own preprocessing, so the figures are those of
+    the served model and match the manifest's. Labels refer to the upright image.
+    The data set's class names are matched to the model's labels by name.
 
     Returns:
         ``num_images``, ``num_objects``, ``map50``, ``map50_95``, ``precision``,
@@ -225,29 +201,16 @@ def evaluate_detection_data(predictor: DetectionPredictor, data_yaml: str | Path
         DatasetError: A missing split, a malformed label row, or class names the
             model does not know.
     """
-    images, names = split_images(data_yaml, split)
+    split = split or "val"
+    images, names = split_images(data, split)
     unknown = sorted(set(names) - set(predictor.labels))
     if unknown:
-        raise DatasetError(f"{data_yaml}: classes {unknown} are not labels of the model "
+        raise DatasetError(f"{data}: classes {unknown} are not labels of the model "
                            f"({predictor.labels})")
     to_model = torch.tensor([predictor.labels.index(n) for n in names], dtype=torch.long)
-
-    def samples() -> Iterable[Sample]:
-        for path in images:
-            try:
-                decoded = decode_image(path.read_bytes(), max_pixels=1 << 31,
-                                       target_size=predictor.input_size)
-            except OSError as exc:
-                raise DatasetError(f"cannot read image {path}: {exc}") from exc
-            rows = read_labels(label_path_for(path), len(names))  # (N, 5) class cx cy w h
-            w, h = decoded.width, decoded.height
-            cx, cy, bw, bh = (rows[:, k] for k in range(1, 5))
-            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
-            boxes = torch.minimum((boxes * torch.tensor([w, h, w, h])).clamp(min=0),
-                                  torch.tensor([w, h, w, h], dtype=torch.float32))
-            yield decoded.tensor, (w, h), boxes, to_model[rows[:, 0].long()]
-
-    report = predict_and_score(predictor, samples(), batch_size=batch_size, conf=conf, iou=iou,
-                               max_det=max_det)
+    dataset = YoloDetectionDataset(images, len(names), img_size=predictor.input_size,
+                                   cache_images=False)
+    report = evaluate_predictor(predictor, dataset_samples(dataset, to_model),
+                                batch_size=batch_size, conf=conf, iou=iou, max_det=max_det)
     report.update(split=split, labels=list(predictor.labels))
     return report

@@ -1,9 +1,7 @@
-"""The detector side of ``ocellus retrain``: fit a candidate, score an export.
+"""The detector side of ``ocellus retrain``: the frozen evaluation split, and scoring.
 
-The candidate is fine-tuned from the champion's weights (`--init-from`) with the
-champion's own training settings (its manifest's ``training.args``) on the new
-DATA.yaml. Both are scored by COCO mAP50-95 through `DetectionPredictor` on one
-frozen split, with per-class recall at the served default operating point.
+Champion and candidate are scored by COCO mAP50-95 through `DetectionPredictor`
+on one frozen split, with per-class recall at the served default operating point.
 """
 
 from __future__ import annotations
@@ -16,11 +14,6 @@ from models.errors import DatasetError, RegistryError
 from models.export import Manifest
 from models.predictor import load_predictor
 from training.detection.dataset import load_data_yaml
-from training.retrain import fit_argv
-
-# Champion settings a retrain inherits (names of `ocellus train detect` options).
-_INHERITED = ("backbone", "trainable_stages", "epochs", "img_size", "batch_size", "lr",
-              "weight_decay", "warmup_epochs", "width", "mosaic", "workers", "seed")
 
 
 def _check_names(yaml_path: Path, labels: list[str]) -> None:
@@ -51,29 +44,14 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[Path, str]:
     return args.eval_data, f"{args.eval_data} (val split)"
 
 
-def fit_candidate(champion: Manifest, champion_path: Path, args: argparse.Namespace,
-                  out: Path) -> None:
-    """`ocellus train detect` from the champion's weights and settings, into `out`."""
-    from training.detection.cli import get_args_parser, main
-
-    inherited = dict(champion.training.get("args", {}))
-    model_args = champion.architecture["args"]
-    for key in ("backbone", "width", "img_size"):  # what the weights' shapes depend on
-        inherited[key] = model_args[key]
-    if inherited.get("freeze_backbone"):
-        inherited["trainable_stages"] = 0
-    argv = fit_argv(inherited, _INHERITED, args, champion_path, out)
-    main(get_args_parser().parse_args([*argv, "--no-progress"]))
-
-
 def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
     """mAP50-95, mAP50 and per-class AP and recall of an export, as served."""
-    from training.detection.evaluate import evaluate_detection_data
+    from training.detection.evaluate import evaluate_data
 
     predictor = load_predictor(path, device=device)
     if predictor.task != "detect":
         raise RegistryError(f"{path}: expected a detector, got a {predictor.task!r} model")
-    r = evaluate_detection_data(predictor, data_yaml, split="val")
+    r = evaluate_data(predictor, data_yaml, split="val")
     per_class = {name: {"recall": recall, "ap": r["per_class_ap"].get(name, 0.0)}
                  for name, recall in r["per_class_recall"].items()}
     return {"num_images": r["num_images"], "num_objects": r["num_objects"],

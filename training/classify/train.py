@@ -1,8 +1,8 @@
 """Fine-tune a pretrained backbone on an ImageFolder tree, evaluate, and export.
 
 Built like torchvision's reference ``train.py``: `get_args_parser`, `main`,
-`train_one_epoch` and an evaluation through the served `Predictor`. Two modes
-of transfer learning:
+`train_one_epoch` and `evaluate`, which scores the model being trained through
+the served `ClassificationPredictor`. Two modes of transfer learning:
 
 - ``feature-extract``: the backbone is frozen (weights and batch-norm
   statistics); only the new head trains.
@@ -26,10 +26,15 @@ from tqdm import tqdm
 from models.backbones import list_backbones
 from models.classification.classifier import ImageClassifier
 from models.classification.predictor import ClassificationPredictor
-from models.errors import ExportError
-from models.export import Manifest, load_export, save_export
-from training.classify.data import ImageListDataset, fingerprint, load_splits, train_transform
+from models.export import Manifest
+from training.classify.data import (
+    ImageListDataset,
+    Sample,
+    load_splits,
+    train_transform,
+)
 from training.classify.evaluate import evaluate_classifier
+from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -66,11 +71,13 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--name", default=None, help="model name in the manifest")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: OUT's name)")
+    p.add_argument("--version", default="1", help="model version in the manifest")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to resume from")
     p.add_argument("--init-from", type=Path, default=None,
                    help="an export (same backbone) whose weights start training: its backbone, "
                         "and its head when its labels are the data's (ocellus retrain)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -85,11 +92,12 @@ def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
                     device: torch.device, epoch: int, *, bf16: bool = False,
-                    deadline: float | None = None) -> tuple[float, int]:
-    """One pass over `loader` (cut short at `deadline`); returns (mean loss, steps)."""
+                    deadline: float | None = None, progress: bool = True) -> dict[str, float]:
+    """One pass over `loader` (cut short at `deadline`); returns the mean loss and the steps."""
     model.train()
     total, seen, steps = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    # disable=None: a bar only on a terminal.
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for images, targets in bar:
         images = images.to(device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
@@ -106,48 +114,41 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if deadline is not None and time.monotonic() > deadline:
             break
-    return total / max(seen, 1), steps
+    return {"loss": total / max(seen, 1), "steps": steps}
 
 
-def init_from_export(model: ImageClassifier, path: Path, classes: list[str]) -> None:
-    """Load a verified export's weights into `model`; the head only if the labels match."""
-    source, manifest = load_export(path)
-    state = source.state_dict()
-    if list(manifest.labels) != list(classes):
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = model.load_state_dict(state, strict=False)
-    bad = result.unexpected_keys + [k for k in result.missing_keys if not k.startswith("head.")]
-    if bad:
-        raise ExportError(f"{path}: its weights do not fit backbone {model.backbone.name!r} "
-                          f"(architecture {manifest.architecture}); mismatched keys {bad[:5]}")
-    log.info("initialised from %s (%s)", path,
-             "backbone and head" if "head.weight" in state else "backbone only")
+def evaluate(predictor: ClassificationPredictor, samples: list[Sample], *,
+             batch_size: int = 64) -> dict[str, Any]:
+    """Top-1, top-5 and per-class figures of the model being trained, through its predictor."""
+    # No dropout, frozen batch-norm statistics: the model as it will be served.
+    predictor.model.eval()
+    return evaluate_classifier(predictor, samples, batch_size=batch_size)
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, keep the best epoch by validation top-1, export it to ``args.out``."""
+def main(args: argparse.Namespace) -> Manifest:
+    """Train, keep the best epoch by validation top-1, export it to ``args.out``.
+
+    Returns:
+        The export's manifest, as written.
+    """
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     splits = load_splits(args.data, val_fraction=args.val_fraction, seed=args.seed)
+    architecture = {"name": "classifier", "args": {
+        "backbone": args.backbone, "num_classes": len(splits.classes), "dropout": args.dropout}}
     model = ImageClassifier(args.backbone, len(splits.classes), dropout=args.dropout,
                             backbone_weights=args.weights)
-    if getattr(args, "init_from", None):
-        init_from_export(model, args.init_from, splits.classes)
+    if args.init_from:
+        init_from_export(model, args.init_from, architecture, splits.classes,
+                         class_tensors="head.")
     pre = model.backbone.preprocessing
     pre = pre.with_size(args.img_size) if args.img_size else pre
     trainable = 0 if args.mode == "feature-extract" else args.trainable_stages
     model.backbone.freeze(trainable)
     model.to(device, memory_format=torch.channels_last)
 
-    manifest = Manifest(
-        task="classify",
-        name=args.name or args.out.name,
-        architecture={"name": "classifier", "args": {
-            "backbone": args.backbone, "num_classes": len(splits.classes),
-            "dropout": args.dropout}},
-        labels=splits.classes,
-        preprocessing=pre.to_dict(),
-    )
+    manifest = run_manifest("classify", args, architecture=architecture, labels=splits.classes,
+                            preprocessing=pre.to_dict())
     predictor = ClassificationPredictor(model, manifest, device)
     loader = DataLoader(ImageListDataset(splits.train, train_transform(pre, augment=args.augment)),
                         batch_size=args.batch_size, shuffle=True, drop_last=len(splits.train)
@@ -162,8 +163,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     best_metrics: dict[str, Any] | None = None
-    # Plain types only (paths as text), so the checkpoint loads with weights_only=True.
-    plain_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if args.resume:
         # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
@@ -177,10 +176,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + args.time_budget * 60 if args.time_budget else None
     for epoch in range(start_epoch, args.epochs):
-        loss, steps = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
-                               bf16=args.bf16, deadline=deadline)
-        metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
-        history.append({"epoch": epoch, "steps": steps, "train_loss": loss,
+        losses = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
+                                 bf16=args.bf16, deadline=deadline, progress=not args.no_progress)
+        loss = losses["loss"]
+        metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
+        history.append({"epoch": epoch, "steps": losses["steps"], "train_loss": loss,
                         "val_top1": metrics["top1"],
                         "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
                         "minutes": (time.monotonic() - started) / 60})
@@ -190,8 +190,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1, args.epochs,
                  loss, metrics["top1"], metrics["top5"], "  (best)" if improved else "")
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch, "args": plain_args,
-                "best_top1": best, "best_epoch": best_epoch, "history": history}
+                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                # Plain types only (paths as text), so the checkpoint loads with weights_only.
+                "args": plain_args(args), "best_top1": best, "best_epoch": best_epoch,
+                "history": history}
         torch.save(ckpt, ckpt_dir / "last.pt")
         if improved:
             torch.save(ckpt, ckpt_dir / "best.pt")
@@ -207,20 +209,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if best_metrics is None or best_epoch != history[-1]["epoch"]:
         model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
                                          weights_only=True)["model"])
-        best_metrics = evaluate_classifier(predictor, splits.val, batch_size=args.batch_size * 2)
-    manifest.metrics = {"val": best_metrics}
-    manifest.dataset = {"fingerprint": fingerprint(splits.train + splits.val, splits.classes),
-                        "root": str(Path(args.data).resolve()), "num_train": len(splits.train),
-                        "num_val": len(splits.val)}
-    manifest.training = {
-        "mode": args.mode, "best_epoch": best_epoch, "history": history,
-        "minutes": (time.monotonic() - started) / 60,
-        "args": plain_args,
-        "frozen_stages": list(model.backbone.frozen_stages),
-    }
-    manifest.provenance = {"backbone_weights": str(args.weights)}
-    save_export(model, args.out, manifest)
+        best_metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
+    dataset = dataset_entry(args.data, splits.classes, Path(args.data),
+                            train=[(p,) for p, _ in splits.train],
+                            val=[(p,) for p, _ in splits.val])
+    manifest = export_run(model, manifest, args, metrics=best_metrics, dataset=dataset,
+                          history=history, best_epoch=best_epoch, started=started,
+                          checkpoint=ckpt_dir / "best.pt")
     log.info("exported %s (val top-1 %.4f at epoch %d)", args.out, best_metrics["top1"],
              best_epoch + 1)
-    return {"out": str(args.out), "top1": best_metrics["top1"], "best_epoch": best_epoch,
-            "history": history}
+    return manifest
