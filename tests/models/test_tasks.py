@@ -24,11 +24,11 @@ def test_every_entry_point_of_a_task_resolves(name: str) -> None:
     predictor = resolve(task.predictor)
     assert issubclass(predictor, Predictor) and predictor.task == name
     train = resolve(task.train)
-    for attr in ("get_args_parser", "main"):
+    for attr in ("get_args_parser", "main", "train_one_epoch", "evaluate"):
         assert callable(getattr(train, attr)), f"{task.train} has no {attr}"
     assert callable(resolve(task.evaluate))
     retrain = resolve(task.retrain)
-    for attr in ("eval_set", "fit_candidate", "score"):
+    for attr in ("eval_set", "score"):
         assert callable(getattr(retrain, attr)), f"{task.retrain} has no {attr}"
 
 
