@@ -22,7 +22,7 @@ from service.settings import Settings
 @pytest.fixture(scope="module")
 def client(tiny_exports, tiny_detector_export, tmp_path_factory) -> Iterator[TestClient]:
     settings = Settings(models=[tiny_exports[0], tiny_detector_export], backend="eager",
-                        tune_batch_size=False, max_batch_size=2,
+                        tune_batch_size=False, max_batch_size=2, default_top_k=2,
                         cache_dir=tmp_path_factory.mktemp("cache"))
     with TestClient(create_app(settings)) as client:  # runs the lifespan: loads both
         end = time.monotonic() + 60
@@ -46,12 +46,13 @@ def refused(response, status: int, code: str) -> str:
     return error["message"]
 
 
-@pytest.mark.parametrize(("top_k", "classes"), [(None, 3), (1, 1), (2, 2), (1000, 3)])
+@pytest.mark.parametrize(("top_k", "classes"), [(None, 2), (1, 1), (3, 3), (1000, 3)])
 def test_top_k_is_how_many_classes_come_back(client, top_k, classes) -> None:
     r = post(client, "/v1/classify", {"top_k": top_k} if top_k else None)
     assert r.status_code == 200, r.text
     predictions = r.json()["results"][0]["predictions"]
-    assert len(predictions) == classes  # at most the model's 3 classes
+    # The default is the setting (OCELLUS_DEFAULT_TOP_K); at most the model's 3 classes.
+    assert len(predictions) == classes
     scores = [p["score"] for p in predictions]
     assert scores == sorted(scores, reverse=True)
 
