@@ -1,4 +1,9 @@
-"""`ocellus train detect` and `ocellus evaluate` end to end, through the console script."""
+"""`ocellus train detect` and `ocellus evaluate` end to end, through the console script.
+
+The end-to-end run trains a tiny model from scratch on tiny images: it checks the
+plumbing (export, manifest, evaluate, resume), not accuracy, which
+`test_detection_train` checks on the shared `detector_export`.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main as ocellus_in_process
 from models.detection.predictor import DetectionPredictor
 from models.predictor import load_predictor
-from training.data.synth_detect import synth_detect
 from training.detection.dataset import load_data_yaml
 from training.detection.evaluate import evaluate_data
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parent.parent.parent
 # Measured with the shared `detector_export` (10 epochs, 96 train images, 192 px): val
@@ -32,15 +35,19 @@ def ocellus(*args: str | Path, check: bool = True) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def tiny_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_detect(tmp_path_factory.mktemp("tiny") / "data", images=24, seed=1,
-                        img_size=192)
+def tiny_yaml(tmp_path_factory: pytest.TempPathFactory, make_rectangles_yaml) -> Path:
+    return make_rectangles_yaml(tmp_path_factory.mktemp("tiny") / "data")
 
 
+# A tiny model from scratch: what the plumbing needs, nothing to download or load.
+TINY = ("--backbone", "resnet18", "--weights", "none", "--width", "16", "--img-size", "64",
+        "--batch-size", "4", "--freeze-backbone", "--no-progress")
+
+
+@pytest.mark.slow
 def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> None:
     out = tmp_path / "det"
-    ocellus("train", "detect", "--data", tiny_yaml, "--out", out, "--epochs", "2",
-            "--img-size", "128", "--batch-size", "8", "--freeze-backbone", "--no-progress",
+    ocellus("train", "detect", "--data", tiny_yaml, "--out", out, "--epochs", "2", *TINY,
             "--name", "tiny")
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
 
@@ -49,8 +56,8 @@ def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> No
     m = predictor.manifest
     spec = load_data_yaml(tiny_yaml)
     assert (m.task, m.name, m.architecture["name"]) == ("detect", "tiny", "detector")
-    assert m.architecture["args"]["img_size"] == 128 and m.labels == spec.names
-    assert m.preprocessing["mode"] == "letterbox" and m.preprocessing["crop_size"] == 128
+    assert m.architecture["args"]["img_size"] == 64 and m.labels == spec.names
+    assert m.preprocessing["mode"] == "letterbox" and m.preprocessing["crop_size"] == 64
     assert m.dataset["data"] == str(tiny_yaml.resolve())
     assert m.dataset["val_dir"] == str(tiny_yaml.parent / "images" / "val")
     assert m.dataset["num_val"] == len(spec.val)
@@ -68,35 +75,37 @@ def test_train_export_evaluate_and_resume(tmp_path: Path, tiny_yaml: Path) -> No
     assert (tmp_path / "eval" / "training_curves.png").is_file()
 
     # Resume continues from the checkpoint: only the new epoch trains, the history goes on.
-    ocellus("train", "detect", "--data", tiny_yaml, "--out", out, "--epochs", "3",
-            "--img-size", "128", "--batch-size", "8", "--freeze-backbone", "--no-progress",
+    ocellus("train", "detect", "--data", tiny_yaml, "--out", out, "--epochs", "3", *TINY,
             "--resume", out / "checkpoints" / "last.pt")
     resumed = load_predictor(out).manifest
     assert [h["epoch"] for h in resumed.training["history"]] == [0, 1, 2]
     assert resumed.training["history"][:2] == m.training["history"]
 
 
-def test_bad_arguments_and_data_fail_clearly(tmp_path: Path, tiny_yaml: Path) -> None:
-    proc = ocellus("train", "detect", "--data", tiny_yaml, "--out", tmp_path / "x",
-                   "--freeze-backbone", "--trainable-stages", "2", check=False)
-    assert proc.returncode == 2 and "not allowed with" in proc.stderr
+def test_bad_arguments_and_data_fail_clearly(tmp_path: Path, tiny_yaml: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error
+        ocellus_in_process(["train", "detect", "--data", str(tiny_yaml), "--out",
+                            str(tmp_path / "x"), "--freeze-backbone", "--trainable-stages", "2"])
+    assert exited.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
     bad = tmp_path / "bad"
     (bad / "images" / "train").mkdir(parents=True)
     (bad / "labels" / "train").mkdir(parents=True)
-    image = next((tiny_yaml.parent / "images" / "train").glob("*.jpg"))
+    image = next((tiny_yaml.parent / "images" / "train").glob("*.png"))
     (bad / "images" / "train" / image.name).write_bytes(image.read_bytes())
     label = bad / "labels" / "train" / f"{image.stem}.txt"
     label.write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n")
     (bad / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\n"
                                    "names: [a, b]\n")
-    proc = ocellus("train", "detect", "--data", bad / "data.yaml", "--out", tmp_path / "y",
-                   check=False)
-    assert proc.returncode == 2
-    assert f"{label}:2" in proc.stderr and "out of range" in proc.stderr
+    assert ocellus_in_process(["train", "detect", "--data", str(bad / "data.yaml"), "--out",
+                               str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert f"{label}:2" in err and "out of range" in err
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_predictor_evaluation_equals_the_manifest(detector_export, synth_detect_yaml) -> None:
     export, written = detector_export
     manifest = json.loads((export / "manifest.json").read_text())

@@ -13,7 +13,14 @@ from PIL import Image
 
 from cli.main import main as ocellus
 from models.registry import ModelRegistry
-from training.retrain import EXIT_KEPT, EXIT_PROMOTED, JOB_OPTIONS, candidate_args, decide
+from training.retrain import (
+    EXIT_ERROR,
+    EXIT_KEPT,
+    EXIT_PROMOTED,
+    JOB_OPTIONS,
+    candidate_args,
+    decide,
+)
 
 COLORS = {"blue": (30, 40, 200), "green": (30, 180, 40), "red": (210, 30, 30)}
 
@@ -82,17 +89,25 @@ def test_better_candidate_is_promoted_then_worse_one_refused(
     assert registry.versions("colors") == ["1", "2"]
 
 
-@pytest.mark.slow
-def test_a_second_job_is_locked_out(registry_with_weak_champion: Path) -> None:
-    tmp = registry_with_weak_champion
-    registry = ModelRegistry(tmp / "registry")
-    with registry.lock("colors"):
-        code = ocellus(["retrain", "--registry", str(tmp / "registry"), "--name", "colors",
-                        "--data", str(tmp / "data0")])
-    assert code == 2
+def test_a_second_job_is_locked_out(tmp_path: Path, tiny_classifier,
+                                    capsys: pytest.CaptureFixture) -> None:
+    """While a job holds the name's lock, a second one stops at once, says why, and writes
+    nothing."""
+    export, _ = tiny_classifier
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.promote("shapes", registry.publish("shapes", export))
+    capsys.readouterr()
+    with registry.lock("shapes"):
+        code = ocellus(["retrain", "--registry", str(tmp_path / "registry"), "--name", "shapes",
+                        "--data", str(tmp_path / "new-data")])
+    assert code == EXIT_ERROR
+    lock = tmp_path / "registry" / "shapes" / ".job.lock"
+    assert f"error: another job holds {lock}; wait for it to finish" in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "shapes" / "reports").exists()
+    assert not (tmp_path / "registry" / "shapes" / ".tmp").exists()
+    assert registry.versions("shapes") == ["1"]
 
 
-@pytest.mark.slow
 def test_decision_floors() -> None:
     champ = {"top1": 0.8, "per_class": {"a": {"recall": 0.9}, "b": {"recall": 0.7}}}
     better = {"top1": 0.9, "per_class": {"a": {"recall": 1.0}, "b": {"recall": 0.8}}}

@@ -19,8 +19,6 @@ from models.registry import ModelRegistry
 from training.data.synth_detect import synth_detect
 from training.retrain import EXIT_KEPT, EXIT_PROMOTED
 
-pytestmark = pytest.mark.slow
-
 
 def shuffle_classes(data_yaml: Path, num_classes: int, seed: int) -> Path:
     """Give every training box a random class id (val labels are left alone)."""
@@ -32,6 +30,7 @@ def shuffle_classes(data_yaml: Path, num_classes: int, seed: int) -> Path:
     return data_yaml
 
 
+@pytest.mark.slow
 def test_detector_retrain_promotes_on_map_and_keeps_champion_over_shuffled_labels(
         tmp_path: Path, detector_export: tuple[Path, dict]) -> None:
     export, _ = detector_export
