@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torchvision.ops import box_iou
 
@@ -37,6 +38,7 @@ def test_assigner_picks_anchors_inside_the_box_and_resolves_conflicts() -> None:
     assert t.scores[0, 8:].eq(0).all()
 
 
+@pytest.mark.slow  # trains
 def test_loss_overfits_one_image_and_the_detection_lands_on_the_box() -> None:
     torch.manual_seed(0)
     model = Detector("resnet18", num_classes=2, img_size=64, width=16)
@@ -61,6 +63,7 @@ def test_loss_overfits_one_image_and_the_detection_lands_on_the_box() -> None:
     assert float(box_iou(torch.tensor([dets[0].box]), target[:, 2:])) > 0.6
 
 
+@pytest.mark.slow  # trains
 def test_train_resume_and_frozen_stages(tmp_path: Path, make_rectangles_yaml) -> None:
     data = make_rectangles_yaml(tmp_path / "data")
     out = tmp_path / "run"

@@ -19,6 +19,7 @@ def test_every_task_evaluates_through_one_signature() -> None:
                for params in shapes.values()), shapes
 
 
+@pytest.mark.slow  # trains its classifier (the detector is the shared one)
 @pytest.mark.parametrize("task", ["classify", "detect"])
 def test_evaluate_reproduces_the_manifest_and_writes_the_report(
         task: str, tiny_classifier, tiny_detector, tmp_path: Path,

@@ -23,6 +23,7 @@ def test_split_is_stratified_and_seeded(tmp_path: Path, make_shapes_tree) -> Non
     assert not {p for p, _ in a.val} & {p for p, _ in a.train}
 
 
+@pytest.mark.slow  # trains
 def test_train_export_resume_evaluate(tmp_path: Path, make_shapes_tree) -> None:
     data = make_shapes_tree(tmp_path / "data")
     out = tmp_path / "export"
