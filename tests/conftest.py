@@ -143,7 +143,7 @@ def fashion_model(tmp_path_factory: pytest.TempPathFactory,
     out = tmp_path_factory.mktemp("fashion-model") / "export"
     args = get_args_parser().parse_args([
         "--data", str(fashion_mnist_tree), "--out", str(out), "--backbone",
-        "efficientnet_lite0", "--mode", "feature-extract", "--epochs", "6", "--img-size", "112",
+        "efficientnet_lite0", "--mode", "feature-extract", "--epochs", "3", "--img-size", "112",
         "--batch-size", "50", "--lr", "3e-3", "--name", "fashion"])
     return out, main(args)
 

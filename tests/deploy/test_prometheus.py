@@ -33,7 +33,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def replicas(start_server, tiny_exports):
-    return [start_server("--model", str(tiny_exports[0])) for _ in range(2)]
+    servers = [start_server("--model", str(tiny_exports[0]), ready=False) for _ in range(2)]
+    for server in servers:  # the two load side by side
+        server.wait_ready()
+    return servers
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,8 @@ def test_full_queue_answers_503_with_retry_after(start_server, classifier_export
                                                  photos) -> None:
     server = start_server("--model", str(classifier_export),
                           env={"OCELLUS_MAX_QUEUE": "2", "OCELLUS_MAX_BATCH_SIZE": "1",
-                               "OCELLUS_MAX_DELAY_MS": "0", "OCELLUS_BACKEND": "eager"})
+                               "OCELLUS_MAX_DELAY_MS": "0", "OCELLUS_BACKEND": "eager",
+                               "OCELLUS_TUNE_BATCH_SIZE": "false"})
     body = [("c.jpg", photos["chelsea"])]
     for _ in range(4):  # bounded: a burst of 32 against a queue of 2 overflows it
         responses = asyncio.run(_burst(server.url, [body] * 32))
@@ -153,7 +154,7 @@ def test_request_timeout_answers_503(start_server, classifier_export, photos) ->
     # Any forward takes longer than 1 µs, so every request times out.
     server = start_server("--model", str(classifier_export),
                           env={"OCELLUS_REQUEST_TIMEOUT_S": "0.000001",
-                               "OCELLUS_BACKEND": "eager"})
+                               "OCELLUS_BACKEND": "eager", "OCELLUS_TUNE_BATCH_SIZE": "false"})
     r = httpx.post(f"{server.url}/v1/classify",
                    files={"file": ("c.jpg", photos["chelsea"], "image/jpeg")}, timeout=60)
     assert r.status_code == 503, r.text
@@ -170,7 +171,8 @@ def test_graceful_shutdown_finishes_the_request_in_flight(start_server, classifi
 
     # Batches of one image: a 16-image request takes 16 forward passes.
     server = start_server("--model", str(classifier_export),
-                          env={"OCELLUS_MAX_BATCH_SIZE": "1", "OCELLUS_BACKEND": "eager"})
+                          env={"OCELLUS_MAX_BATCH_SIZE": "1", "OCELLUS_BACKEND": "eager",
+                               "OCELLUS_TUNE_BATCH_SIZE": "false"})
     files = [("file", (f"{i}.jpg", photos["coffee"], "image/jpeg")) for i in range(16)]
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{server.url}/v1/classify", files=files, timeout=120)
