@@ -91,12 +91,11 @@ class Server:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.proc.terminate()  # a no-op once it has exited
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         self._log_fh.close()
 
 
@@ -118,6 +117,8 @@ def start_server(tmp_path_factory: pytest.TempPathFactory):
         return server
 
     yield start
+    for s in servers:  # signal them all first: they drain side by side
+        s.proc.terminate()
     for s in servers:
         s.stop()
 
@@ -166,12 +167,12 @@ def synth_detect_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def detector_export(tmp_path_factory: pytest.TempPathFactory,
                     synth_detect_yaml: Path) -> tuple[Path, Manifest]:
-    """A detector export (efficientnet_lite0, 192 px) briefly trained by `ocellus train detect`."""
+    """A detector export (efficientnet_lite0, 192 px, 8 epochs) from `ocellus train detect`."""
     from training.detection.train import get_args_parser, main
 
     out = tmp_path_factory.mktemp("detector") / "garments"
     args = get_args_parser().parse_args([
-        "--data", str(synth_detect_yaml), "--out", str(out), "--epochs", "10",
+        "--data", str(synth_detect_yaml), "--out", str(out), "--epochs", "8",
         "--img-size", "192", "--batch-size", "8", "--no-progress"])
     return out, main(args)
 

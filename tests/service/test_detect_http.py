@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 pytestmark = pytest.mark.slow
 
 DARKNET = Path("/usr/share/darknet/data")
-# Measured with `detector_export` (10 epochs on 96 images at 192 px, val mAP50 0.25): 33 of
+# Measured with `detector_export` (8 epochs on 96 images at 192 px, val mAP50 0.22): 33 of
 # the 99 val objects are found (same class, IoU >= 0.5) at conf 0.1; untrained finds 0.
 RECALL_FLOOR = 0.2
 
@@ -89,6 +89,7 @@ def test_synth_photos_get_correct_boxes(served, synth_detect_yaml, names) -> Non
                 same = gt_labels[:, None] == torch.tensor([d["class_id"] for d in dets])[None]
                 found += int(((iou >= 0.5) & same).any(1).sum())
             total += len(gt_labels)
+    print(f"found {found} of {total} objects")
     assert found / total >= RECALL_FLOOR, (found, total)
 
 

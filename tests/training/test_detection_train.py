@@ -1,9 +1,9 @@
 """A REAL training run raises held-out mAP well above an untrained model's.
 
 The run is the session's shared `detector_export`: pretrained EfficientNet-Lite0,
-10 epochs on 96 synth-detect images at 192 px, whole network trained. Measured on
+8 epochs on 96 synth-detect images at 192 px, whole network trained. Measured on
 the 2-core dev machine: untrained val mAP50 0.000 (mAP50-95 0.000), trained
-mAP50 0.27 (mAP50-95 0.11), with AP for all five classes. The floors leave a wide
+mAP50 0.22 (mAP50-95 0.08), with AP for all five classes. The floors leave a wide
 margin for run-to-run and platform differences; `benchmarks/detection.py` measures
 how far longer training goes.
 """

@@ -1,6 +1,6 @@
 """``ocellus retrain`` on a detector: mAP50-95 decides, per-class recall guards.
 
-The champion is the briefly trained `detector_export` (10 epochs on 96 images).
+The champion is the briefly trained `detector_export` (8 epochs on 96 images).
 A candidate fine-tuned from it for 4 epochs on 96 new images should beat it on a frozen
 evaluation set it never trained on; one fine-tuned for 2 epochs on 48 images
 with shuffled class ids should not.
