@@ -8,6 +8,10 @@ import io
 import numpy as np
 from PIL import Image
 
+# Server settings for tests that are not about the backend or batch sizes: eager, no
+# measuring at start-up (which takes seconds per model).
+QUICK_START = {"OCELLUS_BACKEND": "eager", "OCELLUS_TUNE_BATCH_SIZE": "false"}
+
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 48) -> bytes:
     """A small solid-colour PNG with a little noise."""

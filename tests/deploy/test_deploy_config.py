@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import png_bytes
+from helpers import QUICK_START, png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8000
@@ -145,7 +145,7 @@ def test_prometheus_config_is_valid() -> None:
 
 @pytest.mark.slow
 def test_dashboard_queries_only_exported_metrics(start_server, tiny_exports) -> None:
-    server = start_server("--model", str(tiny_exports[0]))
+    server = start_server("--model", str(tiny_exports[0]), env=QUICK_START)
     assert httpx.post(f"{server.url}/v1/classify", timeout=60,
                       files={"file": ("x.png", png_bytes(), "image/png")}).status_code == 200
     assert httpx.get(f"{server.url}/readyz").status_code == 200  # the HEALTHCHECK's path

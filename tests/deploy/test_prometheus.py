@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import png_bytes
+from helpers import QUICK_START, png_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def replicas(start_server, tiny_exports):
-    servers = [start_server("--model", str(tiny_exports[0]), ready=False) for _ in range(2)]
+    servers = [start_server("--model", str(tiny_exports[0]), env=QUICK_START, ready=False)
+               for _ in range(2)]
     for server in servers:  # the two load side by side
         server.wait_ready()
     return servers

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from adversarial_corpus import CASES, Case
+from helpers import QUICK_START
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -66,8 +67,7 @@ def server(start_server, tmp_path_factory, nanodet_source_files):
     matters here."""
     cache = tmp_path_factory.mktemp("adversarial-cache")
     (cache / "npm").symlink_to(nanodet_source_files[0].parents[2], target_is_directory=True)
-    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), "OCELLUS_BACKEND": "eager",
-                             "OCELLUS_TUNE_BATCH_SIZE": "false"})
+    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), **QUICK_START})
 
 
 def requests_for(case: Case) -> list[tuple[str, str, dict, dict]]:

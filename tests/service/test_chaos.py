@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import png_bytes
+from helpers import QUICK_START, png_bytes
 
 from models.registry import ModelRegistry
 
@@ -32,8 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Polling off: reloads happen when the test asks. Warming 8 batch sizes makes a reload
 # last long enough to be killed inside.
 ENV = {"OCELLUS_ADMIN_TOKEN": TOKEN, "OCELLUS_REGISTRY_POLL_SECONDS": "0",
-       "OCELLUS_BACKEND": "eager", "OCELLUS_TUNE_BATCH_SIZE": "false",
-       "OCELLUS_MAX_BATCH_SIZE": "8"}
+       **QUICK_START, "OCELLUS_MAX_BATCH_SIZE": "8"}
 _PROMOTE_FOREVER = """
 import itertools, sys
 from models.registry import ModelRegistry

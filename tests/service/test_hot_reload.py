@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import png_bytes
+from helpers import QUICK_START, png_bytes
 
 from models.export import MANIFEST_FILE, WEIGHTS_FILE
 from models.registry import ModelRegistry
@@ -178,7 +178,7 @@ def test_admin_routes_need_the_token(served, start_server, tiny_exports) -> None
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
     assert httpx.post(url, headers=ADMIN, timeout=60).status_code == 200
     # Without an admin token the admin API is off, token or not.
-    plain = start_server("--model", str(tiny_exports[0]))
+    plain = start_server("--model", str(tiny_exports[0]), env=QUICK_START)
     off = httpx.post(f"{plain.url}/v1/models/model/reload", headers=ADMIN)
     assert off.status_code == 403 and "OCELLUS_ADMIN_TOKEN" in off.json()["error"]["message"]
 

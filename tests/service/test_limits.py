@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import QUICK_START
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -145,7 +146,7 @@ def tiny(tmp_path_factory) -> Path:
 def server(start_server, tiny):
     """Small limits, two requests in flight at most, one decode thread."""
     return start_server("--model", str(tiny), env={
-        "OCELLUS_BACKEND": "eager", "OCELLUS_TUNE_BATCH_SIZE": "false",
+        **QUICK_START,
         "OCELLUS_MAX_FILES": str(MAX_FILES), "OCELLUS_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "OCELLUS_MAX_IN_FLIGHT": "2", "OCELLUS_DECODE_THREADS": "1"})
 
@@ -157,7 +158,7 @@ def tight_server(start_server, tiny, tmp_path_factory):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmp)],
                              capture_output=True).returncode == 0
     server = start_server("--model", str(tiny), env={
-        "OCELLUS_BACKEND": "eager", "OCELLUS_TUNE_BATCH_SIZE": "false",
+        **QUICK_START,
         "OCELLUS_REQUEST_TIMEOUT_S": "0.5", "OCELLUS_DECODE_THREADS": "1",
         **({"TMPDIR": str(tmp)} if mounted else {})})
     server.tmpfs = mounted

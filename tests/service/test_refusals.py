@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import png_bytes
+from helpers import QUICK_START, png_bytes
 
 from models.export import MANIFEST_FILE
 from models.registry import ModelRegistry
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "admin-s3cret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SECRET_DATA = "/srv/secret-training-data"
-FAST = {"OCELLUS_BACKEND": "eager", "OCELLUS_TUNE_BATCH_SIZE": "false",
-        "OCELLUS_MAX_BATCH_SIZE": "2"}
+FAST = {**QUICK_START, "OCELLUS_MAX_BATCH_SIZE": "2"}
 
 
 def _edit_manifest(folder: Path, **changes: object) -> None:

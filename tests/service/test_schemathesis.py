@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import QUICK_START
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +51,7 @@ def served(start_server, tiny_exports, tiny_detector_export, tmp_path_factory):
         registry.promote("tiny", registry.publish("tiny", export))
     registry.promote("tinydet", registry.publish("tinydet", tiny_detector_export))
     return start_server("--registry", str(root), env={
-        "OCELLUS_ADMIN_TOKEN": ADMIN_TOKEN, "OCELLUS_BACKEND": "eager",
-        "OCELLUS_TUNE_BATCH_SIZE": "false", "OCELLUS_REGISTRY_POLL_SECONDS": "0",
+        "OCELLUS_ADMIN_TOKEN": ADMIN_TOKEN, **QUICK_START, "OCELLUS_REGISTRY_POLL_SECONDS": "0",
         "OCELLUS_MAX_FILES": "4", "OCELLUS_MAX_UPLOAD_BYTES": str(1024 * 1024)})
 
 
