@@ -47,6 +47,11 @@ class Manifest:
     # into boxes). A request may still override them.
     postprocessing: dict[str, Any] = field(default_factory=dict)
     version: str = "1"
+    # "fp32", or "int8" for an export `ocellus quantize` wrote (models/int8.py): its
+    # ``quantization`` section says how it was calibrated, its files, and the accuracy
+    # drop it measured against fp32.
+    precision: str = "fp32"
+    quantization: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +92,9 @@ class Manifest:
             isinstance(x, str) for x in labels
         ):
             raise ExportError(f"{source}: labels must be a non-empty list of strings")
+        if data.get("precision", "fp32") not in ("fp32", "int8"):
+            raise ExportError(f"{source}: precision must be 'fp32' or 'int8', "
+                              f"got {data['precision']!r}")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 

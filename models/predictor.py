@@ -8,6 +8,7 @@ its inference thread, and postprocess per request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ class Predictor:
     """
 
     task: str = ""
+    # Where the export was loaded from (`load_predictor`), and the int8 forward that
+    # replaces the fp32 model when the export is int8 (models/int8.py).
+    source: Path | None = None
+    runtime: Callable[[torch.Tensor], Any] | None = None
 
     def __init__(self, model: nn.Module, manifest: Manifest,
                  device: str | torch.device = "cpu") -> None:
@@ -57,9 +62,23 @@ class Predictor:
         """
         raise NotImplementedError
 
-    @torch.inference_mode()
+    @property
+    def precision(self) -> str:
+        """What `forward` computes in: ``int8`` with an int8 runtime, else ``fp32``."""
+        return "int8" if self.runtime is not None else "fp32"
+
     def forward(self, batch: torch.Tensor) -> Any:
-        """(B, 3, S, S) → the model's raw outputs, batch-major (see `batch_major`)."""
+        """(B, 3, S, S) → the model's raw outputs, batch-major (see `batch_major`).
+
+        The int8 runtime when one is loaded, else the fp32 model (`eager_forward`).
+        """
+        if self.runtime is not None:
+            return self.runtime(batch)
+        return self.eager_forward(batch)
+
+    @torch.inference_mode()
+    def eager_forward(self, batch: torch.Tensor) -> Any:
+        """The fp32 model on `batch`: the reference every other path is checked against."""
         batch = batch.to(self.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
         return self.batch_major(self.model(batch))
@@ -85,13 +104,37 @@ class Predictor:
         return self.postprocess(self.forward(torch.stack(inputs)), list(metas), **options)
 
 
-def load_predictor(path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
+class BatchMajor(nn.Module):
+    """The predictor's model with its `Predictor.batch_major` step, as one module that traces
+    and converts (TorchScript, OpenVINO): its outputs split by request as eager's do."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.model = predictor.model
+        self._batch_major = predictor.batch_major
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self._batch_major(self.model(x))
+
+
+def load_predictor(path: str | Path, *, device: str | torch.device = "cpu",
+                   precision: str | None = None) -> Predictor:
     """Load an export and wrap it in its task's predictor (from `models.tasks.TASKS`).
 
+    Args:
+        precision: ``fp32`` or ``int8``; default the export's own. ``fp32`` of an int8
+            export gives its fp32 model (the service's eager reference).
+
     Raises:
-        ExportError: See `load_export`.
+        ExportError: See `load_export` and `models.int8.load_int8_forward`.
         TaskMismatchError: The manifest names a task this Ocellus does not know.
     """
+    from models.int8 import load_int8_forward
+
     model, manifest = load_export(path, device=device)
     predictor_class: type[Predictor] = resolve(get_task(manifest.task).predictor)
-    return predictor_class(model, manifest, device)
+    predictor = predictor_class(model, manifest, device)
+    predictor.source = Path(path)
+    if (precision or manifest.precision) == "int8":
+        predictor.runtime = load_int8_forward(predictor, Path(path))
+    return predictor

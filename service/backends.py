@@ -14,7 +14,12 @@ every backend serves exactly the same API.
   has native bf16 (AVX512-BF16 or AMX). Fast for ResNets; for depthwise-heavy
   nets (EfficientNet-Lite0) oneDNN falls back to slow kernels (~5 img/s), and
   ``auto`` measures that and passes over it.
-- ``auto``: measure each candidate's speed on real-shaped input, then take the
+- ``int8``: the OpenVINO int8 model of an int8 export (models/int8.py), CPU only.
+- ``auto``: an int8 export is served by ``int8``: its accuracy drop against fp32
+  was measured on labelled data and gated when ``ocellus quantize`` made it, which
+  is the measure that counts (top-1 agreement on a few ambiguous photos is not).
+  Its agreement with eager on real photos is still measured and reported. For an
+  fp32 export, measure each candidate's speed on real-shaped input, then take the
   fastest one whose results agree with ``eager`` on real photos (top-1 for
   classification, boxes at IoU 0.9 for detection) at least `MIN_AGREEMENT` of the
   time. Otherwise fall back, and say why in the `BackendReport`.
@@ -32,11 +37,11 @@ from typing import Any
 import torch
 from torchvision.ops import box_iou
 
-from models.predictor import Predictor
+from models.predictor import BatchMajor, Predictor
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "compiled", "bf16")
+BACKENDS = ("auto", "eager", "compiled", "bf16", "int8")
 MIN_AGREEMENT = 0.995
 DETECTION_IOU = 0.9
 
@@ -69,19 +74,7 @@ def _to_float32(outputs: Any) -> Any:
 
 
 def build_eager(predictor: Predictor, example: torch.Tensor) -> Forward:
-    return predictor.forward
-
-
-class _BatchMajor(torch.nn.Module):
-    """The predictor's model with its `Predictor.batch_major` step, as one traceable module."""
-
-    def __init__(self, predictor: Predictor) -> None:
-        super().__init__()
-        self.model = predictor.model
-        self._batch_major = predictor.batch_major
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self._batch_major(self.model(x))
+    return predictor.eager_forward
 
 
 def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
@@ -96,7 +89,7 @@ def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        graph = torch.jit.freeze(torch.jit.trace(_BatchMajor(predictor).eval(), example,
+        graph = torch.jit.freeze(torch.jit.trace(BatchMajor(predictor).eval(), example,
                                                  check_trace=False, strict=False))
 
     @torch.inference_mode()
@@ -113,13 +106,21 @@ def build_bf16(predictor: Predictor, example: torch.Tensor) -> Forward:
     @torch.inference_mode()
     def forward(batch: torch.Tensor) -> Any:
         with torch.autocast(predictor.device.type, dtype=torch.bfloat16):
-            return _to_float32(predictor.forward(batch))
+            return _to_float32(predictor.eager_forward(batch))
 
     return forward
 
 
+def build_int8(predictor: Predictor, example: torch.Tensor) -> Forward:
+    from models.int8 import load_int8_forward
+
+    if predictor.source is None:
+        raise RuntimeError("int8 needs the predictor's export folder (load_predictor)")
+    return load_int8_forward(predictor, predictor.source)
+
+
 BUILDERS: dict[str, Builder] = {"eager": build_eager, "compiled": build_compiled,
-                                "bf16": build_bf16}
+                                "bf16": build_bf16, "int8": build_int8}
 
 
 @dataclass
@@ -265,6 +266,9 @@ def select_backend(predictor: Predictor, requested: str, samples: list[torch.Ten
     if requested != "auto":
         fn = builders[requested](predictor, example)
         return fn, BackendReport(requested, requested, "set in the settings")
+    if predictor.manifest.precision == "int8" and "int8" in builders:
+        return _int8_export(predictor, builders, samples, example)
+    builders.pop("int8", None)  # an fp32 export has no int8 model
 
     built: dict[str, Forward] = {}
     probe = torch.randn(batch_size, 3, size, size)
@@ -318,3 +322,21 @@ def select_backend(predictor: Predictor, requested: str, samples: list[torch.Ten
     reason = "; ".join(reasons) or "eager is the fastest"
     return built["eager"], BackendReport("eager", "auto", f"fell back to eager: {reason}",
                                          throughput, agreements, len(samples))
+
+
+def _int8_export(predictor: Predictor, builders: dict[str, Builder],
+                 samples: list[torch.Tensor], example: torch.Tensor
+                 ) -> tuple[Forward, BackendReport]:
+    """``auto`` for an int8 export: the int8 model, gated at quantize time; its agreement
+    with eager on real photos is reported, not gated (see the module's docstring)."""
+    fn = builders["int8"](predictor, example)
+    drop = predictor.manifest.quantization.get("drop", {})
+    reason = ("int8 export, accuracy drop against fp32 gated when quantized: "
+              + ", ".join(f"{k} {v:+.4f}" for k, v in drop.items() if isinstance(v, float)))
+    agreements: dict[str, float] = {"eager": 1.0}
+    if samples:
+        inputs, metas = zip(*(predictor.preprocess(im) for im in samples[:32]), strict=True)
+        stacked = torch.stack(inputs)
+        agreements["int8"] = agreement(predictor, predictor.eager_forward(stacked),
+                                       fn(stacked), list(metas))
+    return fn, BackendReport("int8", "auto", reason, {}, agreements, min(len(samples), 32))

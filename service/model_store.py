@@ -235,7 +235,8 @@ class ModelStore:
 
         Blocking: call it off the event loop.
         """
-        predictor = load_predictor(path, device=self.device)
+        # fp32: the eager reference; an int8 export's int8 model is a backend.
+        predictor = load_predictor(path, device=self.device, precision="fp32")
         served = ServedModel(name or predictor.manifest.name, Path(path), predictor,
                              serving=self.serving, metrics=self.metrics,
                              incoming=lambda: self.decode_pool.pending)

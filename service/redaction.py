@@ -17,7 +17,7 @@ REDACTED = "<redacted>"
 # The training command's arguments: data and output paths, among the hyperparameters.
 _HIDDEN_TRAINING_KEYS = ("args", "train_args")
 # The sections that may hold paths (labels, architecture and preprocessing do not).
-_SCRUBBED_SECTIONS = ("dataset", "training", "provenance", "metrics")
+_SCRUBBED_SECTIONS = ("dataset", "training", "provenance", "metrics", "quantization")
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 # An absolute POSIX path inside free text (an error message): from a slash that starts
 # a word up to the next space, quote or bracket.

@@ -57,7 +57,12 @@ class ModelInfo(BaseModel):
     device: str
     loaded_at: str
     backend: str = Field("eager", description="the inference backend that serves the model "
-                         "(eager, compiled, bf16)")
+                         "(eager, compiled, bf16, int8)")
+    precision: str = Field("fp32", description="the export's precision: fp32, or int8 for an "
+                           "export of `ocellus quantize`")
+    accuracy_drop: dict[str, Any] | None = Field(
+        None, description="an int8 export's measured drop against its fp32 model, on "
+        "labelled data (top1 or map50_95, and the largest per-class recall drop)")
     backend_details: dict[str, Any] | None = Field(
         None, description="why this backend: measured img/s and agreement with eager fp32")
     batching: dict[str, Any] | None = Field(

@@ -38,9 +38,9 @@ class Settings(BaseSettings):
     decode_threads: int = Field(0, ge=0, description="decode + preprocess thread pool; "
                                 "0 = half the cores, at least 1")
     # Serving under load (service/batcher.py).
-    backend: Literal["auto", "eager", "compiled", "bf16"] = Field(
-        "auto", description="inference backend; auto = the fastest whose top-1 agrees with "
-        "fp32 on real images >= 99.5% (service/backends.py)")
+    backend: Literal["auto", "eager", "compiled", "bf16", "int8"] = Field(
+        "auto", description="inference backend; auto = an int8 export's int8 model, else the "
+        "fastest whose top-1 agrees with fp32 on real images >= 99.5% (service/backends.py)")
     max_batch_size: int = Field(8, gt=0, description="images per forward pass, at most")
     tune_batch_size: bool = Field(
         True, description="at warm-up, measure img/s per batch size and batch at the largest "

@@ -34,6 +34,8 @@ async def list_models(store: StoreDep, admin: IsAdminDep) -> ModelsResponse:
         ModelInfo(name=m.name, version=m.manifest.version, task=m.task,
                   device=str(m.predictor.device), loaded_at=m.loaded_at,
                   backend=m.backend, backend_details=m.backend_details(),
+                  precision=m.manifest.precision,
+                  accuracy_drop=m.manifest.quantization.get("drop"),
                   batching=m.batching(),
                   path=str(m.path) if admin else None,
                   manifest=m.manifest.to_dict() if admin else public_manifest(

@@ -79,7 +79,7 @@ def test_models_from_a_comma_list_or_json(monkeypatch, value: str, paths: list[P
     ("torch_threads", -2, "greater than or equal to 0"),
     ("registry_poll_seconds", -1, "greater than or equal to 0"),
     ("device", "tpu", "'cpu' or 'cuda'"),
-    ("backend", "fast", "'auto', 'eager', 'compiled' or 'bf16'"),
+    ("backend", "fast", "'auto', 'eager', 'compiled', 'bf16' or 'int8'"),
 ])
 def test_a_bad_value_is_refused_naming_the_setting_and_what_it_takes(
         setting: str, value: object, says: str) -> None:
