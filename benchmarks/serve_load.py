@@ -67,14 +67,14 @@ def _throughput(fn, batch: int, seconds: float) -> float:
 
 def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
     """Model-only img/s per path and batch, and decode+preprocess+model img/s."""
-    predictor = load_predictor(export)
+    predictor = load_predictor(export, precision="fp32")
     forward, report = select_backend(predictor, "auto", real_images(predictor.manifest),
                                      batch_size=8)
     size = predictor.input_size
     nchw = load_predictor(export)
     nchw.model = nchw.model.to(memory_format=torch.contiguous_format)
     paths = {"eager fp32 (NCHW)": lambda x: nchw.model(x),
-             "eager channels_last": predictor.forward, f"fast path ({report.name})": forward}
+             "eager channels_last": predictor.eager_forward, f"fast path ({report.name})": forward}
     model_only: dict[str, dict[int, float]] = {}
     with torch.inference_mode():
         for name, fn in paths.items():

@@ -95,6 +95,11 @@ class Manifest:
         if data.get("precision", "fp32") not in ("fp32", "int8"):
             raise ExportError(f"{source}: precision must be 'fp32' or 'int8', "
                               f"got {data['precision']!r}")
+        quantization = data.get("quantization", {})
+        if not isinstance(quantization, dict) or not all(
+                isinstance(quantization.get(k, {}), dict) for k in ("files", "drop")):
+            raise ExportError(f"{source}: quantization must be an object whose files and drop "
+                              f"are objects, got {quantization!r}")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 

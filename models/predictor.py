@@ -122,8 +122,9 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu",
     """Load an export and wrap it in its task's predictor (from `models.tasks.TASKS`).
 
     Args:
-        precision: ``fp32`` or ``int8``; default the export's own. ``fp32`` of an int8
-            export gives its fp32 model (the service's eager reference).
+        precision: ``fp32`` or ``int8``; default the export's own on the CPU, and
+            ``fp32`` on other devices (the int8 model runs on the CPU only). ``fp32`` of
+            an int8 export gives its fp32 model (the service's eager reference).
 
     Raises:
         ExportError: See `load_export` and `models.int8.load_int8_forward`.
@@ -135,6 +136,7 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu",
     predictor_class: type[Predictor] = resolve(get_task(manifest.task).predictor)
     predictor = predictor_class(model, manifest, device)
     predictor.source = Path(path)
-    if (precision or manifest.precision) == "int8":
+    default = manifest.precision if predictor.device.type == "cpu" else "fp32"
+    if (precision or default) == "int8":
         predictor.runtime = load_int8_forward(predictor, Path(path))
     return predictor

@@ -125,6 +125,10 @@ class ModelRegistry:
         if not weights.is_file() or sha256_file(weights) != manifest.weights_sha256:
             raise ExportError(f"{weights}: missing, or its sha256 is not the manifest's "
                               f"{manifest.weights_sha256}")
+        if manifest.precision == "int8":
+            from models.int8 import verify_int8_files
+
+            verify_int8_files(folder, manifest.quantization)
         return manifest
 
     def history(self, name: str) -> list[dict[str, Any]]:
@@ -175,9 +179,11 @@ class ModelRegistry:
                                **(extra or {})}
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=folder))
         try:
-            shutil.copyfile(src / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-            with open(tmp / WEIGHTS_FILE, "rb+") as fh:
-                os.fsync(fh.fileno())
+            # An int8 export's IR files travel with its weights (models/int8.py).
+            for file in (WEIGHTS_FILE, *manifest.quantization.get("files", {})):
+                shutil.copyfile(src / file, tmp / file)
+                with open(tmp / file, "rb+") as fh:
+                    os.fsync(fh.fileno())
             write_atomic(tmp / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2))
             fsync_dir(tmp)
             os.rename(tmp, dest)

@@ -266,9 +266,10 @@ def select_backend(predictor: Predictor, requested: str, samples: list[torch.Ten
     if requested != "auto":
         fn = builders[requested](predictor, example)
         return fn, BackendReport(requested, requested, "set in the settings")
-    if predictor.manifest.precision == "int8" and "int8" in builders:
+    if (predictor.manifest.precision == "int8" and "int8" in builders
+            and predictor.device.type == "cpu"):  # elsewhere its fp32 model is served
         return _int8_export(predictor, builders, samples, example)
-    builders.pop("int8", None)  # an fp32 export has no int8 model
+    builders.pop("int8", None)  # not an int8 export, or not on the CPU
 
     built: dict[str, Forward] = {}
     probe = torch.randn(batch_size, 3, size, size)

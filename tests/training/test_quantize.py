@@ -118,3 +118,26 @@ def test_the_service_serves_the_int8_model_batched_as_alone(int8_export, start_s
     assert asyncio.run(_classify_all(server.url, files)) == alone
     hits = sum(label == f.parent.name for label, f in zip(alone, files, strict=True))
     assert hits >= 14, f"{hits}/20"
+
+
+def test_the_registry_publishes_the_int8_files_with_the_weights(int8_export, tmp_path) -> None:
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "registry")
+    version = registry.publish("fashion", int8_export[0])
+    assert registry.verify("fashion", version).precision == "int8"
+    assert load_predictor(registry.path("fashion", version)).precision == "int8"
+    (registry.path("fashion", version) / INT8_XML).unlink()
+    with pytest.raises(ExportError, match=INT8_XML):
+        registry.verify("fashion", version)
+
+
+def test_a_quantization_section_that_is_not_an_object_is_refused(int8_export, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_export[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "quantization": None}))
+    with pytest.raises(ExportError, match="quantization must be an object"):
+        read_manifest(copy)
