@@ -35,16 +35,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.int8 import as_forward, openvino_config  # noqa: E402
 from models.predictor import BatchMajor, Predictor, load_predictor  # noqa: E402
 from service.backends import agreement, build_compiled  # noqa: E402
 from service.sample_images import real_images  # noqa: E402
-from training.quantize import quantize_ov  # noqa: E402
+from training.quantize import quantize_ov, to_openvino  # noqa: E402
 
 THREADS = torch.get_num_threads()
 
@@ -114,33 +114,17 @@ def ort_paths(predictor: Predictor, calib: torch.Tensor, tmp: Path, spec) -> dic
     return {"ort fp32": session(fp32), "ort int8": session(int8)}
 
 
-def openvino_paths(predictor: Predictor, calib: torch.Tensor, spec) -> dict:
-    import nncf
+def openvino_paths(predictor: Predictor, calib: torch.Tensor) -> dict:
+    """Ocellus's own int8 path (training/quantize.py, models/int8.py), and its fp32 twin."""
     import openvino as ov
 
-    module = BatchMajor(predictor).eval()
-    size = predictor.input_size
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = ov.convert_model(module, example_input=torch.zeros(1, 3, size, size),
-                                 input=[(-1, 3, size, size)])
+    model = to_openvino(predictor)
+    quantized = quantize_ov(model, list(calib))
     core = ov.Core()
-    # f32: the CPU plugin would otherwise run in bf16 on a CPU that has it.
-    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": "f32"}
-    quantized = quantize_ov(model, nncf.Dataset([calib[i:i + 1].numpy()
-                                                 for i in range(len(calib))]), len(calib))
-
-    def compiled(m):
-        net = core.compile_model(m, "CPU", config)
-
-        def run(x: torch.Tensor):
-            out = net(x.contiguous().numpy())
-            return pytree.tree_unflatten([torch.from_numpy(np.asarray(out[o]))
-                                          for o in net.outputs], spec)
-        return run
-
-    return {"openvino fp32": compiled(model), "openvino int8": compiled(quantized)}
+    return {f"openvino {name}": as_forward(core.compile_model(m, "CPU",
+                                                              openvino_config(THREADS)),
+                                           predictor)
+            for name, m in (("fp32", model), ("int8", quantized))}
 
 
 def pt2e_path(predictor: Predictor, calib: torch.Tensor) -> dict:
@@ -226,7 +210,7 @@ def main() -> None:
         builders = {
             "ort": lambda p=predictor, c=calib, s=spec: ort_paths(p, c, Path(tempfile.mkdtemp()),
                                                                   s),
-            "openvino": lambda p=predictor, c=calib, s=spec: openvino_paths(p, c, s),
+            "openvino": lambda p=predictor, c=calib: openvino_paths(p, c),
             "pt2e": lambda p=predictor, c=calib: pt2e_path(p, c)}
         for name, build in builders.items():
             if name in skip:

@@ -36,9 +36,9 @@ from models.export import sha256_file
 if TYPE_CHECKING:
     from models.predictor import Predictor
 
-PRECISIONS = ("fp32", "int8")
 INT8_XML = "model.int8.xml"
 INT8_BIN = "model.int8.bin"
+INT8_FILES = (INT8_XML, INT8_BIN)
 
 Forward = Callable[[torch.Tensor], Any]
 
@@ -50,7 +50,7 @@ def verify_int8_files(path: Path, quantization: dict[str, Any]) -> Path:
         ExportError: A missing file, or one whose hash differs.
     """
     files = quantization.get("files") or {}
-    for name in (INT8_XML, INT8_BIN):
+    for name in INT8_FILES:
         expected = files.get(name)
         file = path / name
         if not expected:

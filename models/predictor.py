@@ -17,6 +17,7 @@ from torch import nn
 
 from models.errors import TaskMismatchError
 from models.export import Manifest, load_export
+from models.int8 import load_int8_forward
 from models.tasks import get_task, resolve
 
 
@@ -130,8 +131,6 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu",
         ExportError: See `load_export` and `models.int8.load_int8_forward`.
         TaskMismatchError: The manifest names a task this Ocellus does not know.
     """
-    from models.int8 import load_int8_forward
-
     model, manifest = load_export(path, device=device)
     predictor_class: type[Predictor] = resolve(get_task(manifest.task).predictor)
     predictor = predictor_class(model, manifest, device)

@@ -37,6 +37,7 @@ from models.export import (
     sha256_file,
     write_atomic,
 )
+from models.int8 import INT8_FILES, verify_int8_files
 
 CURRENT_FILE = "current"
 HISTORY_FILE = "history.json"
@@ -126,8 +127,6 @@ class ModelRegistry:
             raise ExportError(f"{weights}: missing, or its sha256 is not the manifest's "
                               f"{manifest.weights_sha256}")
         if manifest.precision == "int8":
-            from models.int8 import verify_int8_files
-
             verify_int8_files(folder, manifest.quantization)
         return manifest
 
@@ -179,8 +178,9 @@ class ModelRegistry:
                                **(extra or {})}
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=folder))
         try:
-            # An int8 export's IR files travel with its weights (models/int8.py).
-            for file in (WEIGHTS_FILE, *manifest.quantization.get("files", {})):
+            # An int8 export's IR files travel with its weights (models/int8.py); the
+            # names are ours, never the manifest's (which could name any path).
+            for file in (WEIGHTS_FILE, *(INT8_FILES if manifest.precision == "int8" else ())):
                 shutil.copyfile(src / file, tmp / file)
                 with open(tmp / file, "rb+") as fh:
                     os.fsync(fh.fileno())

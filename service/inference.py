@@ -9,8 +9,8 @@ results as its response model. Routes get an `Inference` as a dependency
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +39,9 @@ class Inference:
         """The decode pool: for the route's own CPU-bound image work (rendering)."""
         return self.store.decode_pool
 
-    @contextmanager
-    def use(self, name: str | None, task: str) -> Iterator[ServedModel]:
+    def use(self, name: str | None, task: str) -> AbstractContextManager[ServedModel]:
         """The model to answer with, held until the route has answered (`ModelStore.use`)."""
-        with self.store.use(name, task) as served:
-            yield served
+        return self.store.use(name, task)
 
     async def run(self, served: ServedModel, files: list[UploadFile], *,
                   counted: Callable[[Any], Sequence[Any]],

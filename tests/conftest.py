@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import TINY_LABELS, make_tiny_export
 
 from models.export import Manifest
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TINY_LABELS = ["red", "green", "blue"]
 
 
 @pytest.fixture(scope="session")
@@ -175,24 +175,6 @@ def detector_export(tmp_path_factory: pytest.TempPathFactory,
         "--data", str(synth_detect_yaml), "--out", str(out), "--epochs", "8",
         "--img-size", "192", "--batch-size", "8", "--no-progress"])
     return out, main(args)
-
-
-def make_tiny_export(out: Path, *, seed: int = 0, name: str = "tiny") -> Path:
-    """An untrained efficientnet_lite0 classifier of 3 classes at 64 px: quick to load."""
-    import torch
-
-    from models.classification.classifier import ImageClassifier
-    from models.export import Manifest, save_export
-
-    torch.manual_seed(seed)
-    model = ImageClassifier("efficientnet_lite0", len(TINY_LABELS), backbone_weights=None)
-    pre = model.backbone.preprocessing.with_size(64)
-    manifest = Manifest(
-        task="classify", name=name, labels=list(TINY_LABELS), preprocessing=pre.to_dict(),
-        architecture={"name": "classifier", "args": {
-            "backbone": "efficientnet_lite0", "num_classes": len(TINY_LABELS), "dropout": 0.2}})
-    save_export(model, out, manifest)
-    return out
 
 
 @pytest.fixture(scope="session")

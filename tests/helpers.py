@@ -4,6 +4,7 @@ puts tests/ on the path). Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -20,3 +21,24 @@ def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 48) -> by
     buf = io.BytesIO()
     Image.fromarray(pixels.astype(np.uint8)).save(buf, "PNG")
     return buf.getvalue()
+
+
+TINY_LABELS = ["red", "green", "blue"]
+
+
+def make_tiny_export(out: Path, *, seed: int = 0, name: str = "tiny") -> Path:
+    """An untrained efficientnet_lite0 classifier of 3 classes at 64 px: quick to load."""
+    import torch
+
+    from models.classification.classifier import ImageClassifier
+    from models.export import Manifest, save_export
+
+    torch.manual_seed(seed)
+    model = ImageClassifier("efficientnet_lite0", len(TINY_LABELS), backbone_weights=None)
+    pre = model.backbone.preprocessing.with_size(64)
+    manifest = Manifest(
+        task="classify", name=name, labels=list(TINY_LABELS), preprocessing=pre.to_dict(),
+        architecture={"name": "classifier", "args": {
+            "backbone": "efficientnet_lite0", "num_classes": len(TINY_LABELS), "dropout": 0.2}})
+    save_export(model, out, manifest)
+    return out

@@ -41,7 +41,7 @@ from models.export import (
     sha256_file,
     write_atomic,
 )
-from models.int8 import INT8_BIN, INT8_XML, as_forward, openvino_config
+from models.int8 import INT8_FILES, INT8_XML, as_forward, openvino_config
 from models.predictor import BatchMajor, Predictor, load_predictor
 from models.tasks import get_task, resolve
 from training.images import read_image
@@ -81,39 +81,27 @@ def _training_data(manifest: Manifest) -> Path:
     return Path(data)
 
 
-def calibration_files(task: str, data: Path, manifest: Manifest, limit: int) -> list[Path]:
-    """Up to `limit` training images of `data`, spread over the set (every k-th)."""
+def splits(task: str, data: Path, manifest: Manifest) -> tuple[list[Path], Any]:
+    """The training image files of `data`, and its val split as the task's scorer takes it.
+
+    A classifier's ImageFolder is split as the export was trained (its
+    ``val_fraction`` and seed), so the val split is the one its manifest scored.
+    """
     if task == "classify":
         from training.classify.data import load_splits
 
         args = manifest.training.get("args", {})
-        files = [p for p, _ in load_splits(data, val_fraction=args.get("val_fraction", 0.2),
-                                           seed=args.get("seed", 0)).train]
-    else:
-        from training.detection.dataset import load_data_yaml
+        found = load_splits(data, val_fraction=args.get("val_fraction", 0.2),
+                            seed=args.get("seed", 0))
+        return [p for p, _ in found.train], found.val
+    from training.detection.dataset import load_data_yaml
 
-        files = list(load_data_yaml(data, check_labels=False).train)
-    if not files:
-        raise DatasetError(f"{data}: no training images to calibrate on")
-    step = max(1, len(files) // limit)
-    return files[::step][:limit]
+    return list(load_data_yaml(data, check_labels=False).train), data
 
 
-def score(task: str, predictor: Predictor, data: Path, manifest: Manifest) -> dict[str, Any]:
-    """The retrain job's scores (`decide`'s input) of `predictor` on `data`'s val split."""
-    if task == "classify":
-        from training.classify.data import load_splits
-        from training.classify.evaluate import evaluate_classifier
-
-        args = manifest.training.get("args", {})
-        val = load_splits(data, val_fraction=args.get("val_fraction", 0.2),
-                          seed=args.get("seed", 0)).val
-        report = evaluate_classifier(predictor, val)
-        return {k: report[k] for k in ("num_images", "top1", "top5", "per_class")}
-    report = resolve(get_task(task).evaluate)(predictor, data, split="val")
-    return {"num_images": report["num_images"], "map50_95": report["map50_95"],
-            "map50": report["map50"],
-            "per_class": {name: {"recall": r} for name, r in report["per_class_recall"].items()}}
+def spread(files: list[Path], limit: int) -> list[Path]:
+    """Up to `limit` of `files`, spread over the set (every k-th)."""
+    return files[::max(1, len(files) // limit)][:limit]
 
 
 def gate(scores: dict[str, dict[str, Any]], class_drops: dict[str, float], metric: str,
@@ -130,37 +118,37 @@ def gate(scores: dict[str, dict[str, Any]], class_drops: dict[str, float], metri
     return reasons
 
 
-def quantize_to_ir(predictor: Predictor, inputs: list[torch.Tensor]) -> Any:
-    """NNCF post-training quantisation of the predictor's model, as an OpenVINO model."""
-    import nncf
+def to_openvino(predictor: Predictor) -> Any:
+    """The predictor's model (with `Predictor.batch_major`) as an OpenVINO model, any batch."""
     import openvino as ov
 
     size = predictor.input_size
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = ov.convert_model(BatchMajor(predictor).eval(),
-                                 example_input=torch.zeros(1, 3, size, size),
-                                 input=[(-1, 3, size, size)])
-    dataset = nncf.Dataset([x[None].numpy() for x in inputs])
-    # MIXED (asymmetric activations) with full bias correction: on a Fashion-MNIST
-    # export, top-1 0.814 → 0.814, where the defaults gave 0.806 to 0.808 and MIXED
-    # alone 0.802.
-    return quantize_ov(model, dataset, len(inputs))
+        return ov.convert_model(BatchMajor(predictor).eval(),
+                                example_input=torch.zeros(1, 3, size, size),
+                                input=[(-1, 3, size, size)])
 
 
-def quantize_ov(model: Any, dataset: Any, subset_size: int) -> Any:
-    """NNCF's post-training quantisation with this project's settings (see above)."""
+def quantize_ov(model: Any, inputs: list[torch.Tensor]) -> Any:
+    """NNCF's post-training quantisation of an OpenVINO model, calibrated on `inputs`.
+
+    MIXED (asymmetric activations) with full bias correction: on a Fashion-MNIST
+    export, top-1 0.814 → 0.814, where the defaults gave 0.806 to 0.808 and MIXED
+    alone 0.802.
+    """
     import nncf
 
-    return nncf.quantize(model, dataset, subset_size=subset_size,
-                         preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=False)
+    return nncf.quantize(model, nncf.Dataset([x[None].numpy() for x in inputs]),
+                         subset_size=len(inputs), preset=nncf.QuantizationPreset.MIXED,
+                         fast_bias_correction=False)
 
 
 def main(args: argparse.Namespace) -> int:
     import openvino as ov
 
-    fp32 = load_predictor(args.model, precision="fp32")
-    manifest = fp32.manifest
+    predictor = load_predictor(args.model, precision="fp32")
+    manifest = predictor.manifest
     if manifest.precision != "fp32":
         raise OcellusError(f"{args.model} is already {manifest.precision}; quantize its fp32 "
                            f"export")
@@ -172,10 +160,15 @@ def main(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise OcellusError(f"{args.out} exists; name a new folder for the int8 export")
 
-    files = calibration_files(task.name, calib_data, manifest, args.calib_images)
-    inputs = [fp32.preprocess(read_image(f, target_size=fp32.input_size))[0] for f in files]
+    train_files, val = splits(task.name, calib_data, manifest)
+    if not train_files:
+        raise DatasetError(f"{calib_data}: no training images to calibrate on")
+    if eval_data != calib_data:
+        val = splits(task.name, eval_data, manifest)[1]
+    inputs = [predictor.preprocess(read_image(f, target_size=predictor.input_size))[0]
+              for f in spread(train_files, args.calib_images)]
     log.info("calibrating on %d images of %s", len(inputs), calib_data)
-    quantized = quantize_to_ir(fp32, inputs)
+    quantized = quantize_ov(to_openvino(predictor), inputs)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
@@ -184,12 +177,12 @@ def main(args: argparse.Namespace) -> int:
             if f.is_file():
                 shutil.copy2(f, work / f.name)
         ov.save_model(quantized, str(work / INT8_XML), compress_to_fp16=False)
-        core = ov.Core()
-        int8 = load_predictor(args.model, precision="fp32")
-        int8.runtime = as_forward(core.compile_model(str(work / INT8_XML), "CPU",
-                                                     openvino_config()), int8)
-        scores = {"fp32": score(task.name, fp32, eval_data, manifest),
-                  "int8": score(task.name, int8, eval_data, manifest)}
+        # One Predictor scored twice: only its forward differs between the two.
+        score = resolve(task.retrain).score_predictor
+        scores = {"fp32": score(predictor, val)}
+        predictor.runtime = as_forward(ov.Core().compile_model(
+            str(work / INT8_XML), "CPU", openvino_config()), predictor)
+        scores["int8"] = score(predictor, val)
         drops = {label: scores["fp32"]["per_class"][label]["recall"] - stats["recall"]
                  for label, stats in scores["int8"]["per_class"].items()}
         drop = {metric: scores["fp32"][metric] - scores["int8"][metric],
@@ -216,16 +209,12 @@ def main(args: argparse.Namespace) -> int:
         manifest.quantization = {
             **{k: report[k] for k in ("toolchain", "calibration", "evaluation", "drop",
                                       "gate")},
-            "files": {name: sha256_file(work / name) for name in (INT8_XML, INT8_BIN)}}
+            "files": {name: sha256_file(work / name) for name in INT8_FILES}}
         write_atomic(work / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2) + "\n")
         os.replace(work, args.out)
         fsync_dir(args.out.parent)
-    except BaseException:
+    finally:  # refused or failed: nothing is left; written: `work` is now `args.out`
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    finally:
-        if work.exists() and not args.out.exists():
-            shutil.rmtree(work, ignore_errors=True)
     read_manifest(args.out)
     log.info("wrote %s (int8; %s drop %+.4f)", args.out, metric, drop[metric])
     return EXIT_WRITTEN

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import QUICK_START
+from helpers import QUICK_START, make_tiny_export
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -32,24 +32,6 @@ BOUNDARY = "ocellus-limits-test"
 MAX_FILES = 8
 MAX_UPLOAD_BYTES = 256 * 1024
 CHUNK = 16 * 1024
-
-
-def _tiny_export(out: Path) -> Path:
-    """An untrained 3-class classifier at 64 px: quick to load and to run."""
-    import torch
-
-    from models.classification.classifier import ImageClassifier
-    from models.export import Manifest, save_export
-
-    torch.manual_seed(0)
-    model = ImageClassifier("efficientnet_lite0", 3, backbone_weights=None)
-    manifest = Manifest(
-        task="classify", name="tiny", labels=["red", "green", "blue"],
-        preprocessing=model.backbone.preprocessing.with_size(64).to_dict(),
-        architecture={"name": "classifier", "args": {
-            "backbone": "efficientnet_lite0", "num_classes": 3, "dropout": 0.2}})
-    save_export(model, out, manifest)
-    return out
 
 
 def _png(side: int = 48) -> bytes:
@@ -139,7 +121,7 @@ def _stream_until_answered(port: int, chunks: Iterable[bytes], pause: float = 0.
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return _tiny_export(tmp_path_factory.mktemp("tiny") / "export")
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export")
 
 
 @pytest.fixture(scope="module")

@@ -50,5 +50,11 @@ def score(path: Path, samples: list[Sample], device: str) -> dict[str, Any]:
     predictor = load_predictor(path, device=device)
     if not isinstance(predictor, ClassificationPredictor):
         raise RegistryError(f"{path}: expected a classifier, got a {predictor.task!r} model")
+    return score_predictor(predictor, samples)
+
+
+def score_predictor(predictor: ClassificationPredictor, samples: list[Sample]
+                    ) -> dict[str, Any]:
+    """`score` of a loaded predictor (``ocellus quantize`` scores one in fp32, then int8)."""
     report = evaluate_classifier(predictor, samples)
     return {k: report[k] for k in ("num_images", "top1", "top5", "per_class")}

@@ -209,6 +209,7 @@ def main(args: argparse.Namespace) -> Manifest:
     if best_metrics is None or best_epoch != history[-1]["epoch"]:
         model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
                                          weights_only=True)["model"])
+    if best_metrics is None:  # resumed, and no epoch beat the best before it
         best_metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
     dataset = dataset_entry(args.data, splits.classes, Path(args.data),
                             train=[(p,) for p, _ in splits.train],

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from models.detection.predictor import DetectionPredictor
 from models.errors import DatasetError, RegistryError
 from models.export import Manifest
 from models.predictor import load_predictor
@@ -46,11 +47,16 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[Path, str]:
 
 def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
     """mAP50-95, mAP50 and per-class AP and recall of an export, as served."""
-    from training.detection.evaluate import evaluate_data
-
     predictor = load_predictor(path, device=device)
     if predictor.task != "detect":
         raise RegistryError(f"{path}: expected a detector, got a {predictor.task!r} model")
+    return score_predictor(predictor, data_yaml)
+
+
+def score_predictor(predictor: DetectionPredictor, data_yaml: Path) -> dict[str, Any]:
+    """`score` of a loaded predictor (``ocellus quantize`` scores one in fp32, then int8)."""
+    from training.detection.evaluate import evaluate_data
+
     r = evaluate_data(predictor, data_yaml, split="val")
     per_class = {name: {"recall": recall, "ap": r["per_class_ap"].get(name, 0.0)}
                  for name, recall in r["per_class_recall"].items()}

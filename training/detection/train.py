@@ -216,10 +216,11 @@ def main(args: argparse.Namespace) -> Manifest:
 
     if not best_path.exists():  # resumed a finished run: nothing new was trained
         torch.save(torch.load(last_path, weights_only=True), best_path)
-    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True)["model"])
-    # The best model as it will be served: its predictor, the val images as evaluate_data
-    # reads them (`ocellus evaluate` reproduces these figures from the export).
-    report = evaluate(predictor, val_set, batch_size=args.batch_size)
+    best_ckpt = torch.load(best_path, map_location=device, weights_only=True)
+    model.load_state_dict(best_ckpt["model"])
+    # The best epoch's scores, measured through this predictor on the val images as
+    # evaluate_data reads them (`ocellus evaluate` reproduces them from the export).
+    report = best_ckpt["metrics"]
     dataset = dataset_entry(args.data, spec.names, spec.root,
                             train=[(p, label_path_for(p)) for p in spec.train],
                             val=[(p, label_path_for(p)) for p in spec.val])
