@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import QUICK_START
 from PIL import Image
 from torchvision.ops import box_iou
 
@@ -23,7 +24,7 @@ RECALL_FLOOR = 0.2
 @pytest.fixture(scope="module")
 def served(start_server, detector_export):
     export, _ = detector_export
-    return start_server("--model", str(export), env={"OCELLUS_MAX_FILES": "4"})
+    return start_server("--model", str(export), env={**QUICK_START, "OCELLUS_MAX_FILES": "4"})
 
 
 @pytest.fixture(scope="module")

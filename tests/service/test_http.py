@@ -7,6 +7,7 @@ import io
 import httpx
 import numpy as np
 import pytest
+from helpers import QUICK_START
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def test_metrics_count_requests_by_route(default_server, chelsea_jpeg: bytes) ->
 
 def test_fashion_mnist_export_is_served(start_server, fashion_model, fashion_mnist_tree) -> None:
     export, _ = fashion_model
-    server = start_server("--model", str(export))
+    server = start_server("--model", str(export), env=QUICK_START)
     val = fashion_mnist_tree / "val"
     hits = 0
     files = [(cls.name, sorted(cls.iterdir())[0]) for cls in sorted(val.iterdir())]

@@ -48,7 +48,9 @@ def server(start_server, tmp_path_factory, nanodet_source_files):
     cache = tmp_path_factory.mktemp("nanodet-cache")
     npm_dir = nanodet_source_files[0].parents[2]  # the cache's npm/ folder
     (cache / "npm").symlink_to(npm_dir, target_is_directory=True)
-    return start_server(env={"OCELLUS_CACHE_DIR": str(cache)})
+    # Batch sizes are not measured (nothing here is about them); the backend is `auto`,
+    # as `make serve` runs it.
+    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), "OCELLUS_TUNE_BATCH_SIZE": "false"})
 
 
 def detect(server, name: str, **params) -> httpx.Response:
