@@ -84,7 +84,7 @@ class Server:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def alive(self) -> bool:

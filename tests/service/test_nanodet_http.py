@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import QUICK_START
 from PIL import Image
 from torchvision.ops import box_iou
 
@@ -48,9 +49,9 @@ def server(start_server, tmp_path_factory, nanodet_source_files):
     cache = tmp_path_factory.mktemp("nanodet-cache")
     npm_dir = nanodet_source_files[0].parents[2]  # the cache's npm/ folder
     (cache / "npm").symlink_to(npm_dir, target_is_directory=True)
-    # Batch sizes are not measured (nothing here is about them); the backend is `auto`,
-    # as `make serve` runs it.
-    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), "OCELLUS_TUNE_BATCH_SIZE": "false"})
+    # Nothing here is about the backend or batch sizes, so neither is measured at start-up
+    # (test_differential serves these models with each backend).
+    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), **QUICK_START})
 
 
 def detect(server, name: str, **params) -> httpx.Response:
