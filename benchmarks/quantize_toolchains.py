@@ -40,10 +40,11 @@ from torch.utils import _pytree as pytree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.agreement import agreement  # noqa: E402
 from models.int8 import as_forward, openvino_config  # noqa: E402
+from models.photos import real_images  # noqa: E402
 from models.predictor import BatchMajor, Predictor, load_predictor  # noqa: E402
-from service.backends import agreement, build_compiled  # noqa: E402
-from service.sample_images import real_images  # noqa: E402
+from service.backends import build_compiled  # noqa: E402
 from training.quantize import quantize_ov, to_openvino  # noqa: E402
 
 THREADS = torch.get_num_threads()

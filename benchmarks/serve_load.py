@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.loadgen import LoadResult, multipart_request, raw_request, run_load  # noqa: E402
 from benchmarks.rivals import litserve_command, torchserve_command  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
+from models.photos import real_images  # noqa: E402
 from models.predictor import load_predictor  # noqa: E402
 from service.backends import select_backend  # noqa: E402
-from service.sample_images import real_images  # noqa: E402
 
 HOST = "127.0.0.1"
 LEVELS = (1, 8, 32)

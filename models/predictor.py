@@ -118,6 +118,29 @@ class BatchMajor(nn.Module):
         return self._batch_major(self.model(x))
 
 
+def rows(outputs: Any, start: int, stop: int, batch_size: int) -> Any:
+    """Rows ``start:stop`` of a batch's raw outputs: how the batcher cuts out each request.
+
+    Every tensor must be batch-major (`Predictor.batch_major`): a tensor whose
+    first dimension is not `batch_size` cannot be split by image, and cutting it
+    by rows anyway would hand one request another's values, so it is an error.
+
+    Raises:
+        ValueError: A tensor that is not ``(batch_size, ...)``.
+        TypeError: Outputs that are not tensors, tuples, lists or dicts of them.
+    """
+    if isinstance(outputs, torch.Tensor):
+        if outputs.ndim == 0 or outputs.shape[0] != batch_size:
+            raise ValueError(f"expected batch-major outputs of {batch_size} rows, got a tensor "
+                             f"of shape {tuple(outputs.shape)}")
+        return outputs[start:stop]
+    if isinstance(outputs, tuple | list):
+        return type(outputs)(rows(o, start, stop, batch_size) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: rows(v, start, stop, batch_size) for k, v in outputs.items()}
+    raise TypeError(f"cannot split model outputs of type {type(outputs).__name__} by image")
+
+
 def load_predictor(path: str | Path, *, device: str | torch.device = "cpu",
                    precision: str | None = None) -> Predictor:
     """Load an export and wrap it in its task's predictor (from `models.tasks.TASKS`).

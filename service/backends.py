@@ -35,15 +35,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torchvision.ops import box_iou
 
+from models.agreement import agreement
 from models.predictor import BatchMajor, Predictor
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "compiled", "bf16", "int8")
 MIN_AGREEMENT = 0.995
-DETECTION_IOU = 0.9
 
 Forward = Callable[[torch.Tensor], Any]
 Builder = Callable[[Predictor, torch.Tensor], Forward]
@@ -136,66 +135,6 @@ class BackendReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def rows(outputs: Any, start: int, stop: int, batch_size: int) -> Any:
-    """Rows ``start:stop`` of a batch's raw outputs: how the batcher cuts out each request.
-
-    Every tensor must be batch-major (`Predictor.batch_major`): a tensor whose
-    first dimension is not `batch_size` cannot be split by image, and cutting it
-    by rows anyway would hand one request another's values, so it is an error.
-
-    Raises:
-        ValueError: A tensor that is not ``(batch_size, ...)``.
-        TypeError: Outputs that are not tensors, tuples, lists or dicts of them.
-    """
-    if isinstance(outputs, torch.Tensor):
-        if outputs.ndim == 0 or outputs.shape[0] != batch_size:
-            raise ValueError(f"expected batch-major outputs of {batch_size} rows, got a tensor "
-                             f"of shape {tuple(outputs.shape)}")
-        return outputs[start:stop]
-    if isinstance(outputs, tuple | list):
-        return type(outputs)(rows(o, start, stop, batch_size) for o in outputs)
-    if isinstance(outputs, dict):
-        return {k: rows(v, start, stop, batch_size) for k, v in outputs.items()}
-    raise TypeError(f"cannot split model outputs of type {type(outputs).__name__} by image")
-
-
-def agreement(predictor: Predictor, reference: Any, candidate: Any, metas: list[Any]) -> float:
-    """Fraction of results that agree: top-1 for classify; matched boxes for detect.
-
-    Each image's results come from its own rows of the outputs (`rows`), the way
-    the batcher serves a request that shares a forward pass with others.
-
-    For detection a box agrees when the other side has a box of the same class
-    with IoU >= `DETECTION_IOU`; the score is matched boxes over all boxes (both
-    sides), and an image with no boxes on either side counts as one agreement.
-    """
-    n = len(metas)
-    per_image = [rows(candidate, i, i + 1, n) for i in range(n)]
-    if predictor.task == "classify":
-        ref = reference.float().argmax(1)  # (N,)
-        cand = torch.cat([c.float().argmax(1) for c in per_image])
-        return float((ref == cand).float().mean())
-    ref_dets = predictor.postprocess(reference, metas)
-    cand_dets = [d for c, m in zip(per_image, metas, strict=True)
-                 for d in predictor.postprocess(c, [m])]
-    matched = total = 0
-    for rs, cs in zip(ref_dets, cand_dets, strict=True):
-        if not rs and not cs:
-            matched, total = matched + 1, total + 1
-            continue
-        ious = box_iou(torch.tensor([r.box for r in rs]).reshape(-1, 4),
-                       torch.tensor([c.box for c in cs]).reshape(-1, 4))  # (R, C)
-        free = list(range(len(cs)))
-        for i, r in enumerate(rs):
-            hit = next((j for j in free if cs[j].class_id == r.class_id
-                        and ious[i, j] >= DETECTION_IOU), None)
-            if hit is not None:
-                free.remove(hit)
-                matched += 2
-        total += len(rs) + len(cs)
-    return matched / total if total else 1.0
 
 
 def _seconds_per_call(fn: Forward, batch: torch.Tensor, calls: int) -> float:

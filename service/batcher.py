@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from models.errors import InferenceTimeoutError, ServiceOverloadedError
-from service.backends import rows
+from models.predictor import rows
 from service.errors import RequestError
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,15 @@ from typing import Any
 import torch
 
 from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchError
-from models.predictor import Predictor, load_predictor
+from models.photos import real_images
+from models.predictor import Predictor, load_predictor, rows
 from models.tasks import get_task
-from service.backends import BackendReport, rows, select_backend
+from service.backends import BackendReport, select_backend
 from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
 from service.inputs import DecodePool
 from service.metrics import Metrics
 from service.redaction import redact_text
-from service.sample_images import real_images
 
 log = logging.getLogger(__name__)
 

@@ -63,6 +63,10 @@ class ModelInfo(BaseModel):
     accuracy_drop: dict[str, Any] | None = Field(
         None, description="an int8 export's measured drop against its fp32 model, on "
         "labelled data (top1 or map50_95, and the largest per-class recall drop)")
+    agreement_with_fp32: dict[str, Any] | None = Field(
+        None, description="an int8 export made without labelled data (the defaults): its "
+        "agreement with its fp32 model on held-out real photos (top1, top5_containment and "
+        "confident_top1 for a classifier; boxes matched at IoU 0.5 and 0.9 for a detector)")
     backend_details: dict[str, Any] | None = Field(
         None, description="why this backend: measured img/s and agreement with eager fp32")
     batching: dict[str, Any] | None = Field(

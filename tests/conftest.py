@@ -22,21 +22,46 @@ from models.export import Manifest
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+# The cache folder `make setup` fills (the Makefile's CACHE_DIR).
+SETUP_CACHE = Path(os.environ.get("OCELLUS_CACHE_DIR", Path.home() / ".cache" / "ocellus"))
+
+
+def _missing_from_setup(message: str) -> None:
+    """`make setup` makes it, so in CI a miss fails instead of skipping."""
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def nanodet_source_files() -> tuple[Path, Path]:
-    """NanoDet's npm (json, bin) files in the cache; `make setup` fetches them, so in CI a
-    miss fails instead of skipping."""
+    """NanoDet's npm (json, bin) files in the cache, which `make setup` fetches."""
     from models.detection.nanodet import nanodet_files
 
-    cache = Path(os.environ.get("OCELLUS_CACHE_DIR", Path.home() / ".cache" / "ocellus"))
-    json_path, bin_path = nanodet_files(cache)
+    json_path, bin_path = nanodet_files(SETUP_CACHE)
     if not (json_path.is_file() and bin_path.is_file()):
-        message = (f"NanoDet files not in {json_path.parent}; "
-                   "run `make setup` (or scripts/fetch-nanodet.sh)")
-        if os.environ.get("CI", "").lower() in ("1", "true"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing_from_setup(f"NanoDet files not in {json_path.parent}; "
+                            "run `make setup` (or scripts/fetch-nanodet.sh)")
     return json_path, bin_path
+
+
+@pytest.fixture(scope="session")
+def default_int8_variants() -> dict[str, tuple[Path, Path]]:
+    """Model name → (fp32 export, int8 variant) of the defaults that `make setup` quantized
+    (`ocellus defaults`) in the cache."""
+    from models.defaults import current_int8_variant
+    from models.export import read_manifest
+
+    found = {}
+    for name in ("imagenet", "coco-nanodet"):
+        fp32 = next((p.parent for p in (SETUP_CACHE / "models").glob("*/manifest.json")
+                     if read_manifest(p.parent).name == name
+                     and read_manifest(p.parent).precision == "fp32"), None)
+        if fp32 is None or (int8 := current_int8_variant(fp32)) is None:
+            _missing_from_setup(f"no int8 variant of the default {name!r} in {SETUP_CACHE}; "
+                                "run `make setup` (or `ocellus defaults`)")
+        found[name] = (fp32, int8)
+    return found
 
 
 @pytest.fixture(scope="module")

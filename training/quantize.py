@@ -11,9 +11,21 @@
    top-1, i.e. half a point, or 0.01 of mAP50-95), and no class's recall by more
    than ``--max-class-drop``.
    A refused model writes nothing at ``--out``; the exit code is 3.
+Models with no labelled data here (the default ImageNet classifier and COCO
+detector) take ``--unlabelled``: calibration on random crops of half of the
+bundled real photos (models/photos.py), or on ``--calib-data``'s images, and a
+gate on agreement with fp32 on the other half (`UNLABELLED_GATE`):
+
+- classify: top-5 containment (fp32's top-1 among int8's top 5) over all
+  photos, and top-1 agreement over the photos fp32 is confident about. Top-1
+  agreement over all photos is reported, not gated: on photos outside the label
+  set two classes at 0.1 each swap places under any change of arithmetic.
+- detect: boxes matched at IoU 0.5 with the same class.
+
 4. Write the int8 export (models/int8.py): the fp32 files, the IR, and a
    manifest with ``precision: "int8"`` and a ``quantization`` section holding the
-   files' sha256s, the calibration, both evaluations and the drop. It appears at
+   files' sha256s, the calibration, both evaluations and the drop (or, with
+   ``--unlabelled``, the agreement). It appears at
    ``--out`` in one rename.
 """
 
@@ -31,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.transforms import v2
 
+from models.agreement import agreement_report
 from models.errors import DatasetError, OcellusError
 from models.export import (
     MANIFEST_FILE,
@@ -41,14 +55,19 @@ from models.export import (
     sha256_file,
     write_atomic,
 )
-from models.int8 import INT8_FILES, INT8_XML, as_forward, openvino_config
+from models.int8 import INT8_FILES, INT8_XML, Forward, as_forward, openvino_config
+from models.photos import photo_split, views
 from models.predictor import BatchMajor, Predictor, load_predictor
 from models.tasks import get_task, resolve
+from training.classify.data import IMAGE_SUFFIXES
 from training.images import read_image
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = {"top1": 0.005, "map50_95": 0.01}
+# --unlabelled: the least agreement with fp32 on held-out real photos, per task.
+UNLABELLED_GATE = {"classify": {"top5_containment": 0.95, "confident_top1": 0.95},
+                   "detect": {"boxes_iou50": 0.9}}
 EXIT_WRITTEN, EXIT_REFUSED = 0, 3
 
 
@@ -68,6 +87,10 @@ def get_args_parser(prog: str = "ocellus quantize") -> argparse.ArgumentParser:
                         "map50_95 0.01)")
     p.add_argument("--max-class-drop", type=float, default=0.05,
                    help="the most any class's recall may fall")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="no labelled data exists (the default ImageNet and COCO models): "
+                        "calibrate on --calib-data's images or on half of the bundled real "
+                        "photos, and gate on agreement with fp32 on the other half")
     p.add_argument("--report", type=Path, default=None, help="also write the report here")
     return p
 
@@ -144,6 +167,67 @@ def quantize_ov(model: Any, inputs: list[torch.Tensor]) -> Any:
                          fast_bias_correction=False)
 
 
+def _labelled_check(predictor: Predictor, int8: Forward, val: Any, metric: str,
+                    max_drop: float, max_class_drop: float
+                    ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Score fp32 and int8 on `val` with one Predictor: (evaluation, drop, reasons)."""
+    score = resolve(get_task(predictor.task).retrain).score_predictor
+    scores = {"fp32": score(predictor, val)}
+    predictor.runtime = int8  # only the forward differs between the two
+    try:
+        scores["int8"] = score(predictor, val)
+    finally:
+        predictor.runtime = None
+    drops = {label: scores["fp32"]["per_class"][label]["recall"] - stats["recall"]
+             for label, stats in scores["int8"]["per_class"].items()}
+    drop = {metric: scores["fp32"][metric] - scores["int8"][metric],
+            "max_class_recall": max(drops.values(), default=0.0)}
+    return scores, drop, gate(scores, drops, metric, max_drop, max_class_drop)
+
+
+def _unlabelled_inputs(predictor: Predictor, calib_data: Path | None, limit: int
+                       ) -> list[torch.Tensor]:
+    """Calibration inputs: `calib_data`'s images, or seeded random crops and flips of
+    the calibration half of the bundled photos."""
+    if calib_data is not None:
+        files = sorted(f for f in Path(calib_data).rglob("*")
+                       if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"{calib_data}: no images to calibrate on")
+        return [predictor.preprocess(read_image(f, target_size=predictor.input_size))[0]
+                for f in spread(files, limit)]
+    photos = photo_split()[0]
+    if not photos:
+        raise DatasetError("no bundled photos to calibrate on (scikit-image, scikit-learn "
+                           "or Debian's darknet); name a folder of images with --calib-data")
+    crop = v2.Compose([v2.RandomResizedCrop(predictor.input_size, scale=(0.25, 1.0)),
+                       v2.RandomHorizontalFlip()])
+    torch.manual_seed(0)
+    return [predictor.preprocess(crop(photos[i % len(photos)]))[0] for i in range(limit)]
+
+
+def _unlabelled_check(predictor: Predictor, int8: Forward
+                      ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Agreement with fp32 on the held-out half of the bundled photos (every view of
+    each): (evaluation, agreement, reasons)."""
+    held_out = photo_split()[1]
+    images = [v for photo in held_out for v in views(photo)]
+    if not images:
+        raise DatasetError("no bundled photos to check the int8 model on (scikit-image, "
+                           "scikit-learn or Debian's darknet)")
+    inputs, metas = zip(*(predictor.preprocess(im) for im in images), strict=True)
+    batch = torch.stack(inputs)
+    with torch.inference_mode():
+        report = agreement_report(predictor, predictor.eager_forward(batch), int8(batch),
+                                  list(metas))
+    floors = UNLABELLED_GATE[predictor.task]
+    reasons = [f"{name} {report[name]:.4f} < {floor} against fp32 on {len(images)} held-out "
+               f"photo views" for name, floor in floors.items() if report[name] < floor]
+    evaluation = {"data": f"{len(images)} views of {len(held_out)} held-out bundled photos "
+                          "(models/photos.py)", "gate": floors}
+    return evaluation, report, reasons
+
+
 def main(args: argparse.Namespace) -> int:
     import openvino as ov
 
@@ -155,19 +239,25 @@ def main(args: argparse.Namespace) -> int:
     task = get_task(manifest.task)
     metric = task.metric
     max_drop = DEFAULT_MAX_DROP[metric] if args.max_drop is None else args.max_drop
-    calib_data = args.calib_data or _training_data(manifest)
-    eval_data = args.eval_data or _training_data(manifest)
     if args.out.exists():
         raise OcellusError(f"{args.out} exists; name a new folder for the int8 export")
 
-    train_files, val = splits(task.name, calib_data, manifest)
-    if not train_files:
-        raise DatasetError(f"{calib_data}: no training images to calibrate on")
-    if eval_data != calib_data:
-        val = splits(task.name, eval_data, manifest)[1]
-    inputs = [predictor.preprocess(read_image(f, target_size=predictor.input_size))[0]
-              for f in spread(train_files, args.calib_images)]
-    log.info("calibrating on %d images of %s", len(inputs), calib_data)
+    if args.unlabelled:
+        if args.eval_data is not None:
+            raise OcellusError("--eval-data is labelled data: drop --unlabelled to gate on it")
+        calib_data = args.calib_data
+        inputs = _unlabelled_inputs(predictor, calib_data, args.calib_images)
+    else:
+        calib_data = args.calib_data or _training_data(manifest)
+        eval_data = args.eval_data or _training_data(manifest)
+        train_files, val = splits(task.name, calib_data, manifest)
+        if not train_files:
+            raise DatasetError(f"{calib_data}: no training images to calibrate on")
+        if eval_data != calib_data:
+            val = splits(task.name, eval_data, manifest)[1]
+        inputs = [predictor.preprocess(read_image(f, target_size=predictor.input_size))[0]
+                  for f in spread(train_files, args.calib_images)]
+    log.info("calibrating on %d images of %s", len(inputs), calib_data or "bundled photos")
     quantized = quantize_ov(to_openvino(predictor), inputs)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,37 +267,36 @@ def main(args: argparse.Namespace) -> int:
             if f.is_file():
                 shutil.copy2(f, work / f.name)
         ov.save_model(quantized, str(work / INT8_XML), compress_to_fp16=False)
-        # One Predictor scored twice: only its forward differs between the two.
-        score = resolve(task.retrain).score_predictor
-        scores = {"fp32": score(predictor, val)}
-        predictor.runtime = as_forward(ov.Core().compile_model(
-            str(work / INT8_XML), "CPU", openvino_config()), predictor)
-        scores["int8"] = score(predictor, val)
-        drops = {label: scores["fp32"]["per_class"][label]["recall"] - stats["recall"]
-                 for label, stats in scores["int8"]["per_class"].items()}
-        drop = {metric: scores["fp32"][metric] - scores["int8"][metric],
-                "max_class_recall": max(drops.values(), default=0.0)}
-        reasons = gate(scores, drops, metric, max_drop, args.max_class_drop)
+        int8 = as_forward(ov.Core().compile_model(str(work / INT8_XML), "CPU",
+                                                  openvino_config()), predictor)
+        if args.unlabelled:
+            evaluation, found, reasons = _unlabelled_check(predictor, int8)
+            measured, checks = {"agreement": found}, evaluation.pop("gate")
+        else:
+            scores, found, reasons = _labelled_check(predictor, int8, val, metric, max_drop,
+                                                     args.max_class_drop)
+            evaluation = {"data": str(eval_data), "split": "val", **scores}
+            measured = {"drop": found}
+            checks = {"max_drop": max_drop, "max_class_drop": args.max_class_drop}
         report = {
             "model": str(args.model), "task": task.name, "metric": metric,
             "toolchain": f"openvino {version('openvino')}, nncf {version('nncf')}",
-            "calibration": {"images": len(inputs), "data": str(calib_data)},
-            "evaluation": {"data": str(eval_data), "split": "val", **scores},
-            "drop": drop, "gate": {"max_drop": max_drop,
-                                   "max_class_drop": args.max_class_drop},
+            "calibration": {"images": len(inputs),
+                            "data": str(calib_data or "bundled photos, random crops")},
+            "evaluation": evaluation, **measured, "gate": checks,
             "accepted": not reasons, "reasons": reasons,
         }
         if args.report:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             args.report.write_text(json.dumps(report, indent=2))
-        print(json.dumps({"accepted": report["accepted"], "drop": drop,
+        print(json.dumps({"accepted": report["accepted"], **measured,
                           "reasons": report["reasons"]}, indent=2))
         if reasons:
             log.error("int8 refused: %s", "; ".join(reasons))
             return EXIT_REFUSED
         manifest.precision = "int8"
         manifest.quantization = {
-            **{k: report[k] for k in ("toolchain", "calibration", "evaluation", "drop",
+            **{k: report[k] for k in ("toolchain", "calibration", "evaluation", *measured,
                                       "gate")},
             "files": {name: sha256_file(work / name) for name in INT8_FILES}}
         write_atomic(work / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2) + "\n")
@@ -216,6 +305,5 @@ def main(args: argparse.Namespace) -> int:
     finally:  # refused or failed: nothing is left; written: `work` is now `args.out`
         shutil.rmtree(work, ignore_errors=True)
     read_manifest(args.out)
-    log.info("wrote %s (int8; %s drop %+.4f)", args.out, metric, drop[metric])
+    log.info("wrote %s (int8; %s)", args.out, json.dumps(measured))
     return EXIT_WRITTEN
-

@@ -36,6 +36,7 @@ async def list_models(store: StoreDep, admin: IsAdminDep) -> ModelsResponse:
                   backend=m.backend, backend_details=m.backend_details(),
                   precision=m.manifest.precision,
                   accuracy_drop=m.manifest.quantization.get("drop"),
+                  agreement_with_fp32=m.manifest.quantization.get("agreement"),
                   batching=m.batching(),
                   path=str(m.path) if admin else None,
                   manifest=m.manifest.to_dict() if admin else public_manifest(

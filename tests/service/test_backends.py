@@ -15,9 +15,10 @@ from models.classification.predictor import ClassificationPredictor
 from models.detection import Detector
 from models.detection.predictor import DetectionPredictor
 from models.export import Manifest
+from models.photos import real_images
+from models.predictor import rows
 from models.preprocess import Preprocessing
-from service.backends import BUILDERS, rows, select_backend
-from service.sample_images import real_images
+from service.backends import BUILDERS, select_backend
 
 SIZE = 64
 

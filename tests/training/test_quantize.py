@@ -18,7 +18,9 @@ from models.int8 import INT8_BIN, INT8_XML
 from models.predictor import load_predictor
 from training.quantize import EXIT_REFUSED, EXIT_WRITTEN
 
-pytestmark = pytest.mark.slow
+# torchvision 0.29's codecs warn that they are deprecated (models/imaging.py).
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision")]
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +153,55 @@ def test_a_quantization_section_that_is_not_an_object_is_refused(int8_export, tm
     (copy / "manifest.json").write_text(json.dumps({**manifest, "quantization": None}))
     with pytest.raises(ExportError, match="quantization must be an object"):
         read_manifest(copy)
+
+
+def test_the_defaults_int8_variants_passed_their_agreement_gate(default_int8_variants) -> None:
+    """`make setup` quantized both defaults with no labels: gated on held-out photos."""
+    from models.int8 import verify_int8_files
+    from training.quantize import UNLABELLED_GATE
+
+    for name, (fp32, int8) in default_int8_variants.items():
+        manifest = read_manifest(int8)
+        assert (manifest.name, manifest.precision) == (name, "int8")
+        assert manifest.weights_sha256 == read_manifest(fp32).weights_sha256
+        verify_int8_files(int8, manifest.quantization)
+        found = manifest.quantization["agreement"]
+        assert found["images"] >= 24, found
+        for measure, floor in UNLABELLED_GATE[manifest.task].items():
+            assert found[measure] >= floor, (name, measure, found)
+        assert "drop" not in manifest.quantization  # nothing labelled to measure one on
+        print(f"{name}: agreement with fp32 {found}")
+
+
+def test_the_service_serves_the_defaults_int8_variants(default_int8_variants, start_server,
+                                                      tmp_path_factory) -> None:
+    from models.export import MANIFEST_FILE
+
+    cache = tmp_path_factory.mktemp("int8-defaults-cache")
+    (cache / "models").mkdir()
+    for fp32, int8 in default_int8_variants.values():
+        for export in (fp32, int8):
+            (cache / "models" / export.name).symlink_to(export, target_is_directory=True)
+    assert all((cache / "models" / p.name / MANIFEST_FILE).is_file()
+               for pair in default_int8_variants.values() for p in pair)
+    server = start_server(env={"OCELLUS_CACHE_DIR": str(cache),
+                               "OCELLUS_TUNE_BATCH_SIZE": "false"})
+    models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    assert set(models) == set(default_int8_variants)
+    for name, m in models.items():
+        assert (m["precision"], m["backend"]) == ("int8", "int8"), m
+        assert m["agreement_with_fp32"] == read_manifest(
+            default_int8_variants[name][1]).quantization["agreement"]
+        assert m["accuracy_drop"] is None
+    dog = Path("/usr/share/darknet/data/dog.jpg").read_bytes()
+    r = httpx.post(f"{server.url}/v1/detect", files={"file": ("dog.jpg", dog)}, timeout=60)
+    assert r.status_code == 200, r.text
+    labels = {d["label"] for d in r.json()["results"][0]["detections"]}
+    assert {"dog", "bicycle"} <= labels, labels
+    r = httpx.post(f"{server.url}/v1/classify", files={"file": ("dog.jpg", dog)}, timeout=60)
+    assert r.status_code == 200, r.text
+    fp32 = load_predictor(default_int8_variants["imagenet"][0])
+    from training.images import read_image
+
+    expected = fp32.predict([read_image(Path("/usr/share/darknet/data/dog.jpg"))], top_k=1)
+    assert r.json()["results"][0]["predictions"][0]["label"] == expected[0][0].label

@@ -1,5 +1,10 @@
 """Real photographs for checking that a fast inference path agrees with fp32.
 
+Two users: the service's ``auto`` backend choice (`real_images`), and
+``ocellus quantize --unlabelled`` (`photo_split`), which calibrates the default
+models' int8 variants on one half of the bundled photos and checks them on the
+other.
+
 Random tensors are a poor test of lower precision: logits of noise are close
 together and flip easily, while real photos are what is served. The sources, in
 order: the export's own validation images (the folder ``manifest.dataset.val_dir``,
@@ -65,7 +70,7 @@ def _export_val_images(manifest: Manifest | None, limit: int) -> Iterator[torch.
             yield im
 
 
-def _bundled_photos() -> Iterator[torch.Tensor]:
+def bundled_photos() -> Iterator[torch.Tensor]:
     try:
         from skimage import data
     except ImportError:
@@ -89,7 +94,7 @@ def _bundled_photos() -> Iterator[torch.Tensor]:
                 yield im
 
 
-def _views(image: torch.Tensor) -> Iterator[torch.Tensor]:
+def views(image: torch.Tensor) -> Iterator[torch.Tensor]:
     """The photo, its mirror, and four corner crops of 70% (uint8 (3, h, w) each)."""
     yield image
     yield image.flip(-1)
@@ -107,14 +112,21 @@ def real_images(manifest: Manifest | None = None, *, limit: int = 32) -> list[to
     """
     images = list(_export_val_images(manifest, limit))
     if len(images) < limit:
-        photos = list(_bundled_photos())
+        photos = list(bundled_photos())
         # Round-robin over the views so a small limit still covers every photo.
-        per_photo = [list(_views(p)) for p in photos]
+        per_photo = [list(views(p)) for p in photos]
         for k in range(6):
-            for views in per_photo:
+            for photo_views in per_photo:
                 if len(images) >= limit:
                     break
-                images.append(views[k])
+                images.append(photo_views[k])
     if not images:
         log.warning("no real images found for the backend agreement check")
     return images[:limit]
+
+
+def photo_split() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The bundled photos in two disjoint halves, alternate photos each: one to
+    calibrate on, one held out to check the result on."""
+    photos = list(bundled_photos())
+    return photos[::2], photos[1::2]
