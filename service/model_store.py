@@ -121,6 +121,12 @@ class ServedModel:
             forward, self.backend_report = select_backend(
                 self.predictor, self.serving.backend, samples,
                 batch_size=self.serving.max_batch_size)
+            if self.backend_report.name == "int8":
+                # OpenVINO runs the forward on threads of its own (as many as this thread
+                # had). torch's work here (stacking a batch, postprocessing) then takes one
+                # thread: with two, OpenMP's helper spins after each op on the core the
+                # forward needs (docs/serving.md, "Threads").
+                torch.set_num_threads(1)
             size = self.predictor.input_size
             for n in range(1, self.serving.max_batch_size + 1):
                 for _ in range(2):
