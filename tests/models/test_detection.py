@@ -172,6 +172,30 @@ def test_multi_label_keeps_every_class_above_conf_at_an_anchor() -> None:
 
 
 @pytest.mark.slow  # builds, runs and rebuilds a detector per backbone: ~5 s each
+@pytest.mark.parametrize("options", [
+    {}, {"multi_label": True}, {"agnostic": True, "iou": 0.3}, {"classes": [0, 3], "conf": 0.1},
+    {"max_det": 3, "multi_label": True}, {"max_candidates": 7, "conf": 0.05},
+    {"conf": 0.99},  # no candidate in any image
+])
+def test_postprocess_of_a_batch_equals_each_image_alone(options) -> None:
+    """The batch is one NMS whose groups never span images: each image's detections are
+    what it gets alone, whatever the other images hold."""
+    torch.manual_seed(0)
+    n, anchors, classes = 5, 60, 4
+    xy = torch.rand(n, anchors, 2) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(n, anchors, 2) * 30], dim=-1)
+    scores = torch.rand(n, anchors, classes) ** 3
+    scores[2] = 0  # an image with nothing in it
+    batch = postprocess(boxes, scores, **options)
+    assert len(batch) == n
+    for i, det in enumerate(batch):
+        [alone] = postprocess(boxes[i:i + 1], scores[i:i + 1], **options)
+        assert torch.equal(det.boxes, alone.boxes) and torch.equal(det.scores, alone.scores)
+        assert torch.equal(det.labels, alone.labels) and det.labels.dtype == torch.int64
+        assert torch.all(det.scores[:-1] >= det.scores[1:])  # highest score first
+    assert len(batch[2]) == 0
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
 def test_detector_shapes_and_rebuild_from_json_args(backbone: str) -> None:
     torch.manual_seed(0)
