@@ -2,17 +2,22 @@
 
     .venv/bin/python benchmarks/serve_load.py [--export DIR] [--seconds 8]
 
-1. Raw in-process throughput (decode + preprocess + model, best batch size) of
-   the backend Ocellus picks (``auto``), plus model-only eager fp32 (NCHW),
-   eager channels_last and the fast path, for the fast path ÷ eager ratio.
-2. Ocellus through real HTTP on 127.0.0.1 at concurrency 1, 8 and 32 (closed
-   loop, benchmarks/loadgen.py, whose own CPU per request is printed), then the
-   same with batch-size tuning off (always batches of up to 8), side by side.
-3. The same export served by LitServe and TorchServe (installed by
+1. Raw in-process throughput: model only (eager fp32 NCHW, eager channels_last,
+   and the fast path Ocellus picks with ``auto``), and decode + preprocess +
+   model at batch 1, 4, 8 and 16 for each of them.
+2. The hardware's peaks on this box (torch fp32 and bf16 matmul, int8 matmul,
+   OpenVINO fp32 and int8 convolutions), and each path's achieved GOP/s.
+3. Ocellus through real HTTP on 127.0.0.1 at concurrency 1, 8 and 32 (closed
+   loop, benchmarks/loadgen.py, whose own CPU per request is printed), serving
+   the export as the service does by default, then a soak at concurrency 32 up
+   to 10k requests for RSS growth; then Ocellus serving the fp32 export.
+4. The fp32 export served by LitServe and TorchServe (installed by
    benchmarks/rivals.py in venvs under ~/.cache/ocellus-bench), same load.
-4. Peak RSS of each server (sum of VmHWM over its process tree).
+5. Peak RSS of each server (sum of VmHWM over its process tree), and the
+   issue's goals as ratios measured in this run.
 
-The model is the default classifier export (EfficientNet-Lite0, ImageNet), a
+The model is the default classifier (EfficientNet-Lite0, ImageNet): its int8
+variant as served by default (`ocellus defaults`), beside its fp32 export. A
 640x480 JPEG per request. Timings share 2 cores with anything else running.
 """
 
@@ -65,33 +70,92 @@ def _throughput(fn, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
+EAGER_NCHW, EAGER_CL = "eager fp32 (NCHW)", "eager fp32 channels_last"
+
+
 def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
-    """Model-only img/s per path and batch, and decode+preprocess+model img/s."""
+    """Per path (eager NCHW, eager channels_last, the fast path): model-only img/s at batch
+    1 and 8, and decode + preprocess + model img/s at batch 1, 4, 8 and 16."""
     predictor = load_predictor(export, precision="fp32")
     forward, report = select_backend(predictor, "auto", real_images(predictor.manifest),
                                      batch_size=8)
     size = predictor.input_size
-    nchw = load_predictor(export)
+    nchw = load_predictor(export, precision="fp32")
     nchw.model = nchw.model.to(memory_format=torch.contiguous_format)
-    paths = {"eager fp32 (NCHW)": lambda x: nchw.model(x),
-             "eager channels_last": predictor.eager_forward, f"fast path ({report.name})": forward}
+    fast = f"fast path ({report.name})"
+    paths = {EAGER_NCHW: lambda x: nchw.model(x), EAGER_CL: predictor.eager_forward,
+             fast: forward}
     model_only: dict[str, dict[int, float]] = {}
+    e2e: dict[str, dict[int, float]] = {}
+    threads = torch.get_num_threads()
     with torch.inference_mode():
         for name, fn in paths.items():
+            if name == fast and report.name == "int8":
+                # As the service runs it (service/model_store.py): OpenVINO has its own
+                # threads, torch's work around it one.
+                torch.set_num_threads(1)
             model_only[name] = {b: _throughput(lambda n, fn=fn: fn(torch.randn(n, 3, size, size)),
-                                               b, seconds / 2) for b in (1, 8)}
+                                               b, seconds / 4) for b in (1, 8)}
 
-        def end_to_end(n: int) -> None:
-            inputs = [predictor.preprocess(decode_image(jpeg, target_size=size).tensor)[0]
-                      for _ in range(n)]
-            predictor.postprocess(forward(torch.stack(inputs)), [None] * n, top_k=5)
+            def end_to_end(n: int, fn=fn) -> None:
+                inputs = [predictor.preprocess(decode_image(jpeg, target_size=size).tensor)[0]
+                          for _ in range(n)]
+                predictor.postprocess(fn(torch.stack(inputs)), [None] * n, top_k=5)
 
-        e2e = {b: _throughput(end_to_end, b, seconds / 2) for b in (1, 4, 8, 16)}
+            e2e[name] = {b: _throughput(end_to_end, b, seconds / 4) for b in (1, 4, 8, 16)}
+        torch.set_num_threads(threads)
         t = time.perf_counter()
         for _ in range(20):
             decode_image(jpeg, target_size=size)
         decode_ms = (time.perf_counter() - t) / 20 * 1000
-    return {"backend": report, "model_only": model_only, "e2e": e2e, "decode_ms": decode_ms}
+    return {"backend": report, "fast": fast, "model_only": model_only, "e2e": e2e,
+            "decode_ms": decode_ms, "gflop": _gflop_per_image(predictor)}
+
+
+def _gflop_per_image(predictor) -> float:
+    """GFLOP of one forward pass (a multiply-add is 2), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = predictor.input_size
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        predictor.model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def hardware_peaks(seconds: float = 1.0) -> dict[str, float]:
+    """GOP/s this box reaches on the largest, simplest work of each precision."""
+    import openvino as ov
+
+    from models.int8 import openvino_config
+    from training.quantize import quantize_ov
+
+    def rate(fn, ops: float) -> float:
+        fn()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            n += 1
+        return ops * n / (time.perf_counter() - start) / 1e9
+
+    m = 2048
+    a, b = torch.randn(m, m), torch.randn(m, m)
+    ai, bi = (torch.randint(-128, 127, (m, m), dtype=torch.int8) for _ in range(2))
+    peaks = {"fp32 matmul (torch)": rate(lambda: a @ b, 2 * m ** 3),
+             "bf16 matmul (torch)": rate(lambda: a.bfloat16() @ b.bfloat16(), 2 * m ** 3),
+             "int8 matmul (torch._int_mm)": rate(lambda: torch._int_mm(ai, bi), 2 * m ** 3)}
+    # 3x3 convolutions, 256 → 256 channels on 28x28, batch 8: the kind of work a CNN does.
+    convs = torch.nn.Sequential(*[torch.nn.Conv2d(256, 256, 3, padding=1)
+                                  for _ in range(4)]).eval()
+    x = torch.randn(8, 256, 28, 28)
+    ops = 4 * 2 * 8 * 256 * 256 * 9 * 28 * 28
+    with torch.no_grad():
+        model = ov.convert_model(convs, example_input=x[:1], input=[(-1, 256, 28, 28)])
+    core = ov.Core()
+    for name, m_ in (("fp32", model),
+                     ("int8", quantize_ov(model, [x[i] for i in range(8)]))):
+        compiled = core.compile_model(m_, "CPU", openvino_config())
+        peaks[f"{name} 3x3 conv (OpenVINO)"] = rate(lambda c=compiled: c(x.numpy()), ops)
+    return peaks
 
 
 def _tree_pids(pid: int) -> list[int]:
@@ -172,7 +236,7 @@ def load_levels(server: Served, request: bytes, seconds: float) -> dict:
 
 
 def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
-                env: dict | None = None, soak_seconds: float = 0.0) -> dict:
+                env: dict | None = None, soak_requests: int = 0) -> dict:
     port = _port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--host", HOST, "--port", str(port),
            "--model", str(export), "--log-level", "warning"]
@@ -183,10 +247,11 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
         run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)  # warm-up
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
-        # A longer soak at concurrency 32 for the RSS-growth goal.
-        soaked = run_load(HOST, port, request, concurrency=32, seconds=soak_seconds,
-                          warmup=0).sent if soak_seconds else 0
-        served = sum(r.sent for r in levels.values()) + soaked
+        # A soak at concurrency 32 up to `soak_requests` in all, for the RSS-growth goal.
+        served = sum(r.sent for r in levels.values())
+        if soak_requests > served:
+            served += run_load(HOST, port, request, concurrency=32, warmup=0, seconds=min(
+                300.0, (soak_requests - served) / max(1.0, levels[32].rps))).sent
         models = httpx.get(f"http://{HOST}:{port}/v1/models").json()["models"]
         metrics = httpx.get(f"http://{HOST}:{port}/metrics").text
         total = {k: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -214,10 +279,14 @@ def run_rival(name: str, export: Path, jpeg: bytes, seconds: float, work: Path) 
         server = Served(name, cmd, port, f"http://{HOST}:{port}/ping", wd / "server.log", env)
         # /ping is healthy before the worker is up; wait for a real answer.
         request = raw_request("/predictions/ocellus", f"{HOST}:{port}", jpeg, "image/jpeg")
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and httpx.post(
-                f"http://{HOST}:{port}/predictions/ocellus", content=jpeg,
-                timeout=60).status_code != 200:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:  # the first answer waits for the worker to load (over 60 s when busy)
+                if httpx.post(f"http://{HOST}:{port}/predictions/ocellus", content=jpeg,
+                              timeout=60).status_code == 200:
+                    break
+            except httpx.TimeoutException:
+                continue
             time.sleep(1)
     try:
         run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)
@@ -237,17 +306,31 @@ def _row(name: str, res: dict) -> list[str]:
     return out
 
 
+def _default_exports() -> tuple[Path, Path]:
+    """(as served by default, fp32): the default classifier's int8 variant where
+    `ocellus defaults` made one, and its fp32 export."""
+    from models.defaults import current_int8_variant, default_classifier_export
+
+    fp32 = default_classifier_export(Path.home() / ".cache" / "ocellus", "efficientnet_lite0")
+    return current_int8_variant(fp32) or fp32, fp32
+
+
+def _goal(name: str, value: float, goal: str, met: bool) -> None:
+    print(f"  {name:62s} {value:7.2f}   goal {goal:7s} {'met' if met else 'NOT MET'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--export", type=Path, default=None,
-                   help="a classification export; default: the default classifier")
+                   help="a classification export to serve; default: the default classifier "
+                        "as served (its int8 variant), beside its fp32 export")
     p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     p.add_argument("--skip", nargs="*", default=[], choices=["litserve", "torchserve"])
-    p.add_argument("--soak-seconds", type=float, default=0.0,
-                   help="the RSS soak at concurrency 32 after the levels; default 3 x --seconds "
-                        "(about 180 s make 10k requests here)")
+    p.add_argument("--soak-requests", type=int, default=10_000,
+                   help="requests served in all (levels, then a soak at concurrency 32) "
+                        "before RSS growth is read; at most 300 s of soak")
     p.add_argument("--only-ocellus", action="store_true",
-                   help="skip the raw, untuned and rival runs: the service alone (a soak)")
+                   help="skip the raw, fp32 and rival runs: the service alone (a soak)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="intra-op threads for every contender (raw, Ocellus, LitServe, "
                         "TorchServe); 0 = torch's default (one per core). On a box shared "
@@ -260,80 +343,97 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = os.environ["OCELLUS_TORCH_THREADS"] = str(
             args.torch_threads)
     logging.basicConfig(level=logging.WARNING)
-    if args.export is None:
-        from models.defaults import default_classifier_export
-
-        args.export = default_classifier_export(Path.home() / ".cache" / "ocellus",
-                                                "efficientnet_lite0")
+    served, fp32 = (args.export, args.export) if args.export else _default_exports()
     jpeg = test_jpeg()
-    print(f"model: {args.export} | image: 640x480 JPEG ({len(jpeg)} bytes) | "
+    print(f"model: {served} (fp32: {fp32}) | image: 640x480 JPEG ({len(jpeg)} bytes) | "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} | "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
     if args.only_ocellus:
         with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
-            oc = run_ocellus(args.export, jpeg, args.seconds, Path(tmp),
-                             soak_seconds=args.soak_seconds or 3 * args.seconds)
+            oc = run_ocellus(served, jpeg, args.seconds, Path(tmp),
+                             soak_requests=args.soak_requests)
         print(f"ocellus c=32 {oc['levels'][32].rps:.1f} req/s; RSS growth "
               f"{oc['rss_growth_mb']:+.1f} MB over {oc['rss_requests']} requests after "
               f"warm-up; peak {oc['peak_mb']:.0f} MB")
         return 0
-    raw = raw_throughput(args.export, jpeg, args.seconds)
+    raw = raw_throughput(served, jpeg, args.seconds)
+    fast = raw["fast"]
     print(f"\n(1) raw in-process, backend chosen: {raw['backend'].name} "
-          f"({raw['backend'].reason})")
+          f"({raw['backend'].reason}); {raw['gflop']:.3f} GFLOP per image")
     for name, by_batch in raw["model_only"].items():
-        print(f"  model only  {name:28s} " + "  ".join(f"b{b}: {v:6.1f} img/s"
-                                                      for b, v in by_batch.items()))
-    print("  decode+preprocess+model (fast path): " + "  ".join(
-        f"b{b}: {v:6.1f}" for b, v in raw["e2e"].items()) + f" img/s; decode "
-          f"{raw['decode_ms']:.2f} ms/img", flush=True)
+        print(f"  model only                   {name:26s} " + "  ".join(
+            f"b{b}: {v:6.1f}" for b, v in by_batch.items()) + " img/s")
+    for name, by_batch in raw["e2e"].items():
+        print(f"  decode+preprocess+model      {name:26s} " + "  ".join(
+            f"b{b}: {v:6.1f}" for b, v in by_batch.items()) + " img/s")
+    print(f"  decode {raw['decode_ms']:.2f} ms/img", flush=True)
+    peaks = hardware_peaks()
+    print("\n(2) peaks of this box (GOP/s): " + "; ".join(f"{k} {v:.0f}"
+                                                        for k, v in peaks.items()))
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         work = Path(tmp)
-        results["ocellus"] = run_ocellus(args.export, jpeg, args.seconds, work,
-                                         soak_seconds=args.soak_seconds or 3 * args.seconds)
-        # The same service with batch-size tuning off: it always fills batches of 8.
-        if not args.only_ocellus:
-            results["ocellus b8"] = run_ocellus(args.export, jpeg, args.seconds, work,
-                                                env={"OCELLUS_TUNE_BATCH_SIZE": "false"})
+        results["ocellus"] = run_ocellus(served, jpeg, args.seconds, work,
+                                         soak_requests=args.soak_requests)
+        if fp32 != served:
+            results["ocellus fp32"] = run_ocellus(fp32, jpeg, args.seconds, work)
         for rival in ("litserve", "torchserve"):
             if rival in args.skip:
                 continue
             try:
-                results[rival] = run_rival(rival, args.export, jpeg, args.seconds, work)
+                results[rival] = run_rival(rival, fp32, jpeg, args.seconds, work)
             except Exception as exc:  # noqa: BLE001 - report why and go on
                 print(f"\n{rival} could not be run: {type(exc).__name__}: {exc}", flush=True)
-    print("\n(2)-(4) HTTP, closed loop; per level: req/s  p50 ms  p99 ms  errors  "
+    print("\n(3)-(5) HTTP, closed loop; per level: req/s  p50 ms  p99 ms  errors  "
           "loadgen CPU ms/req; then peak RSS MB")
-    print(f"{'server':11s}" + "".join(f"| c={c:<36d}" for c in LEVELS) + "| peak RSS")
+    print(f"{'server':13s}" + "".join(f"| c={c:<36d}" for c in LEVELS) + "| peak RSS")
     for name, res in results.items():
         cells = _row(name, res)
-        print(f"{cells[0]:11s}" + "".join(f"| {c:37s}" for c in cells[1:-1]) + f"| {cells[-1]}")
+        print(f"{cells[0]:13s}" + "".join(f"| {c:37s}" for c in cells[1:-1]) + f"| {cells[-1]}")
     oc = results["ocellus"]
-    best_raw = max(raw["e2e"].values())
     rps32 = oc["levels"][32].rps
-    print(f"\nOcellus backend: {oc['backend']}; batch size {oc['batching']['reason']} "
-          f"(measured img/s {oc['batching']['images_per_second']}); mean batch "
-          f"{oc['mean_batch']:.2f} images; RSS growth {oc['rss_growth_mb']:+.1f} MB over "
-          f"{oc['rss_requests']} requests after warm-up")
-    untuned = results.get("ocellus b8")
-    if untuned:
-        print(f"batch-size tuning: c=32 {rps32:.1f} req/s tuned vs {untuned['levels'][32].rps:.1f} "
-              f"always batch 8 (mean batch {untuned['mean_batch']:.2f}): "
-              f"{rps32 / untuned['levels'][32].rps:.2f}x")
-    print(f"service ÷ raw (c=32 vs best raw e2e {best_raw:.1f}): {rps32 / best_raw:.2f}")
+    print(f"\nOcellus backend: {oc['backend']}; batch size {oc['batching']['reason']}; "
+          f"mean batch {oc['mean_batch']:.2f} images")
+    for name in (k for k in results if k.startswith("ocellus ")):
+        print(f"{name}: backend {results[name]['backend']}, c=32 "
+              f"{results[name]['levels'][32].rps:.1f} req/s")
+
+    mo, e2e = raw["model_only"], raw["e2e"]
+    best_eager = max((v, f"{name} b{b}") for name in (EAGER_NCHW, EAGER_CL)
+                     for b, v in e2e[name].items())
+    best_raw = max(e2e[fast].values())
+    b1_ms = 1000 / mo[fast][1]
+    p99_bound = 1.2 * (b1_ms + raw["decode_ms"])
+    p99 = 1000 * oc["levels"][1].percentile(0.99)
+    print(f"\nGoals, measured in this run (c=32 unless said; the best eager fp32 pipeline "
+          f"is {best_eager[1]} at {best_eager[0]:.1f} img/s):")
+    _goal("service ÷ best eager fp32 pipeline (decode+preprocess+model)",
+          rps32 / best_eager[0], ">= 2.5", rps32 / best_eager[0] >= 2.5)
+    _goal(f"service ÷ raw with the same backend ({fast}, best batch "
+          f"{best_raw:.1f} img/s)", rps32 / best_raw, ">= 0.9", rps32 / best_raw >= 0.9)
+    _goal(f"p99 at c=1 {p99:.1f} ms ÷ 1.2 × (b1 model {b1_ms:.1f} + decode "
+          f"{raw['decode_ms']:.1f} ms)", p99 / p99_bound, "<= 1", p99 <= p99_bound)
     for rival in ("litserve", "torchserve"):
         if rival in results:
-            print(f"Ocellus ÷ {rival} at c=32: {rps32 / results[rival]['levels'][32].rps:.2f}")
-    mo = raw["model_only"]
-    fast = next(k for k in mo if k.startswith("fast path"))
-    for b in (1, 8):
-        print(f"fast path ÷ eager fp32 (NCHW), model only, batch {b}: "
-              f"{mo[fast][b] / mo['eager fp32 (NCHW)'][b]:.2f}; ÷ eager channels_last: "
-              f"{mo[fast][b] / mo['eager channels_last'][b]:.2f}")
-    b1 = 1000 / mo[fast][1]
-    print(f"p99 at c=1: {1000 * oc['levels'][1].percentile(0.99):.1f} ms vs 1.2 × (batch-1 "
-          f"model {b1:.1f} ms + decode {raw['decode_ms']:.1f} ms) = "
-          f"{1.2 * (b1 + raw['decode_ms']):.1f} ms")
+            ratio = rps32 / results[rival]["levels"][32].rps
+            _goal(f"Ocellus ÷ {rival}", ratio, ">= 1.5", ratio >= 1.5)
+            if "ocellus fp32" in results:
+                fair = results["ocellus fp32"]["levels"][32].rps / results[rival]["levels"][32].rps
+                print(f"  {'  (Ocellus serving the fp32 export) ÷ ' + rival:62s} {fair:7.2f}")
+    growth = oc["rss_growth_mb"]
+    _goal(f"RSS growth, MB, over {oc['rss_requests']} requests after warm-up", growth,
+          "flat", abs(growth) <= 50)
+    int8_peak = peaks["int8 3x3 conv (OpenVINO)"]
+    fp32_peak = max(peaks["fp32 matmul (torch)"], peaks["fp32 3x3 conv (OpenVINO)"])
+    print(f"  achieved GOP/s ÷ peak ({raw['gflop']:.3f} GFLOP per image; int8 peak "
+          f"{int8_peak:.0f}, fp32 peak {fp32_peak:.0f}):")
+    peak_of = {fast: int8_peak if raw["backend"].name == "int8" else fp32_peak,
+               EAGER_NCHW: fp32_peak, EAGER_CL: fp32_peak}
+    for name, by_batch in mo.items():
+        gops = raw["gflop"] * by_batch[8]
+        print(f"    model only b8, {name:30s} {gops:6.0f} GOP/s = {gops / peak_of[name]:5.1%}")
+    gops = raw["gflop"] * rps32
+    print(f"    the service at c=32 ({fast:22s}) {gops:6.0f} GOP/s = {gops / peak_of[fast]:5.1%}")
     print(f"fast path agreement with eager fp32 on real images: "
           f"{raw['backend'].agreement} ({raw['backend'].sample_images} images)")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
