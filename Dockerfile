@@ -43,7 +43,7 @@ USER ocellus
 RUN scripts/fetch-nanodet.sh \
     && ocellus import nanodet --cache-dir "$OCELLUS_CACHE_DIR" \
         --out "$OCELLUS_CACHE_DIR/models/coco-nanodet" \
-    && ocellus defaults --cache-dir "$OCELLUS_CACHE_DIR" \
+    && ocellus defaults --cache-dir "$OCELLUS_CACHE_DIR" --require-int8 \
     && rm -rf "$OCELLUS_CACHE_DIR/npm" /home/ocellus/.npm
 
 EXPOSE 8000

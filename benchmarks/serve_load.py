@@ -17,8 +17,10 @@
    issue's goals as ratios measured in this run.
 
 The model is the default classifier (EfficientNet-Lite0, ImageNet): its int8
-variant as served by default (`ocellus defaults`), beside its fp32 export. A
-640x480 JPEG per request. Timings share 2 cores with anything else running.
+variant as served by default (`ocellus defaults`), beside its fp32 export; or
+``--export`` (a detector too, with ``--fp32-export`` beside it; no rivals). A
+640x480 JPEG per request (for a detector, darknet's dog.jpg). Timings share 2
+cores with anything else running.
 """
 
 from __future__ import annotations
@@ -43,21 +45,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import LoadResult, multipart_request, raw_request, run_load  # noqa: E402
 from benchmarks.rivals import litserve_command, torchserve_command  # noqa: E402
+from models.export import read_manifest  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
 from models.photos import real_images  # noqa: E402
 from models.predictor import load_predictor  # noqa: E402
+from models.tasks import get_task  # noqa: E402
 from service.backends import select_backend  # noqa: E402
 
 HOST = "127.0.0.1"
 LEVELS = (1, 8, 32)
 
 
-def test_jpeg() -> bytes:
+def test_jpeg(task: str = "classify") -> bytes:
+    """A 640x480 photo of a cat (classify), or darknet's dog.jpg, 768x576 (detect)."""
+    if task == "detect":
+        return Path("/usr/share/darknet/data/dog.jpg").read_bytes()
     from skimage import data
 
     buf = io.BytesIO()
     Image.fromarray(data.chelsea()).resize((640, 480)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def _options(task: str) -> dict:
+    """The postprocess options of every request: the routes' defaults."""
+    return {"top_k": 5} if task == "classify" else {"conf": 0.25, "iou": 0.45}
 
 
 def _throughput(fn, batch: int, seconds: float) -> float:
@@ -98,9 +110,10 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
                                                b, seconds / 4) for b in (1, 8)}
 
             def end_to_end(n: int, fn=fn) -> None:
-                inputs = [predictor.preprocess(decode_image(jpeg, target_size=size).tensor)[0]
-                          for _ in range(n)]
-                predictor.postprocess(fn(torch.stack(inputs)), [None] * n, top_k=5)
+                inputs, metas = zip(*(predictor.preprocess(decode_image(
+                    jpeg, target_size=size).tensor) for _ in range(n)), strict=True)
+                predictor.postprocess(fn(torch.stack(inputs)), list(metas),
+                                      **_options(predictor.task))
 
             e2e[name] = {b: _throughput(end_to_end, b, seconds / 4) for b in (1, 4, 8, 16)}
         torch.set_num_threads(threads)
@@ -243,7 +256,8 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
     server = Served("ocellus", cmd, port, f"http://{HOST}:{port}/readyz",
                     work / f"ocellus-{len(list(work.glob('ocellus-*')))}.log", env)
     try:
-        request = multipart_request("/v1/classify", f"{HOST}:{port}", "file", "c.jpg", jpeg)
+        route = get_task(read_manifest(export).task).route
+        request = multipart_request(route, f"{HOST}:{port}", "file", "c.jpg", jpeg)
         run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)  # warm-up
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
@@ -322,8 +336,11 @@ def _goal(name: str, value: float, goal: str, met: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--export", type=Path, default=None,
-                   help="a classification export to serve; default: the default classifier "
-                        "as served (its int8 variant), beside its fp32 export")
+                   help="an export to serve (classify or detect); default: the default "
+                        "classifier as served (its int8 variant), beside its fp32 export")
+    p.add_argument("--fp32-export", type=Path, default=None,
+                   help="with --export: an fp32 export to serve beside it (the rivals serve "
+                        "it too)")
     p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     p.add_argument("--skip", nargs="*", default=[], choices=["litserve", "torchserve"])
     p.add_argument("--soak-requests", type=int, default=10_000,
@@ -343,9 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = os.environ["OCELLUS_TORCH_THREADS"] = str(
             args.torch_threads)
     logging.basicConfig(level=logging.WARNING)
-    served, fp32 = (args.export, args.export) if args.export else _default_exports()
-    jpeg = test_jpeg()
-    print(f"model: {served} (fp32: {fp32}) | image: 640x480 JPEG ({len(jpeg)} bytes) | "
+    served, fp32 = ((args.export, args.fp32_export or args.export) if args.export
+                    else _default_exports())
+    task = read_manifest(served).task
+    if task != "classify":  # LitServe's and TorchServe's handlers here classify
+        args.skip = ["litserve", "torchserve"]
+    jpeg = test_jpeg(task)
+    print(f"model: {served} (fp32: {fp32}) | image: {task} JPEG ({len(jpeg)} bytes) | "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} | "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
     if args.only_ocellus:

@@ -56,11 +56,16 @@ def defaults_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=_DEFAULT_CACHE,
                    help=f"Ocellus cache folder (default {_DEFAULT_CACHE})")
     p.add_argument("--record", type=Path, default=None,
-                   help="also write what was made, or refused, to this JSON file")
+                   help="also write what was made, or refused, to this JSON file (not when "
+                        "NNCF is missing, so that a later run tries again)")
+    p.add_argument("--require-int8", action="store_true",
+                   help="exit 1 unless every default has its int8 variant (image builds)")
     return p
 
 
 def defaults_main(args: argparse.Namespace) -> int:
+    import importlib.util
+    import logging
     import shutil
 
     from models.defaults import (
@@ -69,8 +74,8 @@ def defaults_main(args: argparse.Namespace) -> int:
         default_detector_export,
         int8_variant,
     )
-    from training import quantize
 
+    can_quantize = importlib.util.find_spec("nncf") is not None  # the `train` extra
     record = {}
     for export in (default_classifier_export(args.cache_dir),
                    default_detector_export(args.cache_dir)):
@@ -80,21 +85,26 @@ def defaults_main(args: argparse.Namespace) -> int:
         if current_int8_variant(export) is not None:
             record[export.name] = {"int8": str(variant), "made": False}
             continue
-        shutil.rmtree(variant, ignore_errors=True)  # stale: made from other weights
-        try:
-            code = quantize.main(quantize.get_args_parser().parse_args(
-                ["--model", str(export), "--out", str(variant), "--unlabelled"]))
-        except ImportError as exc:  # nncf is in the `train` extra
-            record[export.name] = {"int8": None, "reason": f"{exc}; pip install "
-                                   "'ocellus[train]' to make int8 variants"}
+        if not can_quantize:
+            record[export.name] = {"int8": None, "reason": "NNCF is not installed: pip "
+                                   "install 'ocellus[train]' to make int8 variants"}
             continue
+        from training import quantize
+
+        shutil.rmtree(variant, ignore_errors=True)  # stale: made from other weights
+        code = quantize.main(quantize.get_args_parser().parse_args(
+            ["--model", str(export), "--out", str(variant), "--unlabelled"]))
         record[export.name] = ({"int8": str(variant), "made": True}
                                if code == quantize.EXIT_WRITTEN else
                                {"int8": None, "reason": "refused by the agreement gate; "
                                 "served in fp32"})
     text = json.dumps(record, indent=2)
-    if args.record:
+    if args.record and can_quantize:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(text + "\n")
     print(text)
-    return 0
+    missing = [name for name, entry in record.items() if entry["int8"] is None]
+    if missing:
+        logging.getLogger(__name__).warning("no int8 variant of %s: served in fp32",
+                                            ", ".join(missing))
+    return 1 if missing and args.require_int8 else 0

@@ -63,7 +63,7 @@ def agreement(predictor: Predictor, reference: Any, candidate: Any, metas: list[
 
 
 def agreement_report(predictor: Predictor, reference: Any, candidate: Any,
-                     metas: list[Any]) -> dict[str, float]:
+                     metas: list[Any]) -> dict[str, float | int]:
     """The agreement measures for data without labels.
 
     Classify: top-1 agreement over all images and over the ones eager is
@@ -72,7 +72,7 @@ def agreement_report(predictor: Predictor, reference: Any, candidate: Any,
     `DETECTION_IOU`.
     """
     n = len(metas)
-    report: dict[str, float] = {"images": n}
+    report: dict[str, float | int] = {"images": n}
     if predictor.task == "classify":
         ref = reference.float().softmax(1)
         cand = candidate.float()

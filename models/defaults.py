@@ -34,6 +34,7 @@ from models.detection.nanodet import (
 )
 from models.errors import ExportError
 from models.export import MANIFEST_FILE, Manifest, read_manifest, save_export
+from models.int8 import verify_int8_files
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,10 @@ def current_int8_variant(export: Path) -> Path | None:
         return None
     try:
         int8, fp32 = read_manifest(variant), read_manifest(export)
+        verify_int8_files(variant, int8.quantization)
     except ExportError as exc:
-        log.warning("the int8 variant %s is unreadable (%s); serving %s", variant, exc, export)
+        log.warning("the int8 variant %s is unusable (%s); serving %s until `ocellus "
+                    "defaults` makes it again", variant, exc, export)
         return None
     if int8.precision != "int8" or int8.weights_sha256 != fp32.weights_sha256:
         log.warning("the int8 variant %s was made from other weights than %s; serving fp32 "

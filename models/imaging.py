@@ -58,6 +58,8 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF
 _PIL_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "BMP": "BMP",
                 "TIFF": "TIFF", "GIF": "GIF"}
 _PIL_OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # MPO opens through JPEG
+# What a folder of images is read as (training data, calibration images, val photos).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 # EXIF orientations 5-8 swap the stored width and height.
 _SWAPS_AXES = frozenset({5, 6, 7, 8})

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from models.export import Manifest
+from models.imaging import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # Natural photos only (not microscopy, text or synthetic patterns).
 _SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins")
 _DARKNET = Path("/usr/share/darknet/data")
@@ -62,7 +62,7 @@ def _export_val_images(manifest: Manifest | None, limit: int) -> Iterator[torch.
     val = _val_dir(manifest)
     if val is None or not val.is_dir():
         return
-    files = sorted(p for p in val.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    files = sorted(p for p in val.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     # Spread over classes: the folders are sorted, so take every k-th file.
     step = max(1, len(files) // max(1, limit))
     for path in files[::step][:limit]:

@@ -15,10 +15,12 @@ every backend serves exactly the same API.
   nets (EfficientNet-Lite0) oneDNN falls back to slow kernels (~5 img/s), and
   ``auto`` measures that and passes over it.
 - ``int8``: the OpenVINO int8 model of an int8 export (models/int8.py), CPU only.
-- ``auto``: an int8 export is served by ``int8``: its accuracy drop against fp32
-  was measured on labelled data and gated when ``ocellus quantize`` made it, which
-  is the measure that counts (top-1 agreement on a few ambiguous photos is not).
-  Its agreement with eager on real photos is still measured and reported. For an
+- ``auto``: an int8 export is served by ``int8``: ``ocellus quantize`` gated it
+  when it made it, on its accuracy drop against fp32 on labelled data (the measure
+  that counts: top-1 agreement on a few ambiguous photos is not), or for a model
+  with no labelled data here (the defaults' variants), on its agreement with fp32
+  on held-out real photos. Its agreement with eager on real photos is still
+  measured and reported. For an
   fp32 export, measure each candidate's speed on real-shaped input, then take the
   fastest one whose results agree with ``eager`` on real photos (top-1 for
   classification, boxes at IoU 0.9 for detection) at least `MIN_AGREEMENT` of the
@@ -270,9 +272,13 @@ def _int8_export(predictor: Predictor, builders: dict[str, Builder],
     """``auto`` for an int8 export: the int8 model, gated at quantize time; its agreement
     with eager on real photos is reported, not gated (see the module's docstring)."""
     fn = builders["int8"](predictor, example)
-    drop = predictor.manifest.quantization.get("drop", {})
-    reason = ("int8 export, accuracy drop against fp32 gated when quantized: "
-              + ", ".join(f"{k} {v:+.4f}" for k, v in drop.items() if isinstance(v, float)))
+    quantization = predictor.manifest.quantization
+    if "drop" in quantization:
+        measured = "accuracy drop against fp32 on labelled data", quantization["drop"]
+    else:
+        measured = "agreement with fp32 on held-out photos", quantization.get("agreement", {})
+    reason = f"int8 export, gated when quantized on its {measured[0]}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in measured[1].items() if isinstance(v, float))
     agreements: dict[str, float] = {"eager": 1.0}
     if samples:
         inputs, metas = zip(*(predictor.preprocess(im) for im in samples[:32]), strict=True)

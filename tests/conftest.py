@@ -49,15 +49,13 @@ def nanodet_source_files() -> tuple[Path, Path]:
 def default_int8_variants() -> dict[str, tuple[Path, Path]]:
     """Model name → (fp32 export, int8 variant) of the defaults that `make setup` quantized
     (`ocellus defaults`) in the cache."""
-    from models.defaults import current_int8_variant
-    from models.export import read_manifest
+    from models.defaults import DETECTOR_NAME, current_int8_variant, default_classifier_backbone
 
     found = {}
-    for name in ("imagenet", "coco-nanodet"):
-        fp32 = next((p.parent for p in (SETUP_CACHE / "models").glob("*/manifest.json")
-                     if read_manifest(p.parent).name == name
-                     and read_manifest(p.parent).precision == "fp32"), None)
-        if fp32 is None or (int8 := current_int8_variant(fp32)) is None:
+    for name, folder in (("imagenet", f"imagenet-{default_classifier_backbone()}"),
+                         ("coco-nanodet", DETECTOR_NAME)):
+        fp32 = SETUP_CACHE / "models" / folder
+        if (int8 := current_int8_variant(fp32)) is None:
             _missing_from_setup(f"no int8 variant of the default {name!r} in {SETUP_CACHE}; "
                                 "run `make setup` (or `ocellus defaults`)")
         found[name] = (fp32, int8)

@@ -55,11 +55,11 @@ from models.export import (
     sha256_file,
     write_atomic,
 )
+from models.imaging import IMAGE_SUFFIXES
 from models.int8 import INT8_FILES, INT8_XML, Forward, as_forward, openvino_config
 from models.photos import photo_split, views
 from models.predictor import BatchMajor, Predictor, load_predictor
 from models.tasks import get_task, resolve
-from training.classify.data import IMAGE_SUFFIXES
 from training.images import read_image
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ DEFAULT_MAX_DROP = {"top1": 0.005, "map50_95": 0.01}
 # --unlabelled: the least agreement with fp32 on held-out real photos, per task.
 UNLABELLED_GATE = {"classify": {"top5_containment": 0.95, "confident_top1": 0.95},
                    "detect": {"boxes_iou50": 0.9}}
+# ... measured on at least this many held-out views (4 photos), and for a classifier on at
+# least this many that fp32 is confident about: fewer are no evidence either way.
+MIN_HELD_OUT_VIEWS, MIN_CONFIDENT = 24, 5
 EXIT_WRITTEN, EXIT_REFUSED = 0, 3
 
 
@@ -202,8 +205,9 @@ def _unlabelled_inputs(predictor: Predictor, calib_data: Path | None, limit: int
                            "or Debian's darknet); name a folder of images with --calib-data")
     crop = v2.Compose([v2.RandomResizedCrop(predictor.input_size, scale=(0.25, 1.0)),
                        v2.RandomHorizontalFlip()])
-    torch.manual_seed(0)
-    return [predictor.preprocess(crop(photos[i % len(photos)]))[0] for i in range(limit)]
+    with torch.random.fork_rng(devices=[]):  # seeded crops, the caller's random state untouched
+        torch.manual_seed(0)
+        return [predictor.preprocess(crop(photos[i % len(photos)]))[0] for i in range(limit)]
 
 
 def _unlabelled_check(predictor: Predictor, int8: Forward
@@ -223,6 +227,13 @@ def _unlabelled_check(predictor: Predictor, int8: Forward
     floors = UNLABELLED_GATE[predictor.task]
     reasons = [f"{name} {report[name]:.4f} < {floor} against fp32 on {len(images)} held-out "
                f"photo views" for name, floor in floors.items() if report[name] < floor]
+    if len(images) < MIN_HELD_OUT_VIEWS:
+        reasons.append(f"only {len(images)} held-out photo views, fewer than "
+                       f"{MIN_HELD_OUT_VIEWS}: install scikit-image, scikit-learn or Debian's "
+                       f"darknet (`make system-deps`) for more photos")
+    if report.get("confident_images", MIN_CONFIDENT) < MIN_CONFIDENT:
+        reasons.append(f"fp32 is confident about only {report['confident_images']} held-out "
+                       f"views, fewer than {MIN_CONFIDENT}: too few to compare top-1 on")
     evaluation = {"data": f"{len(images)} views of {len(held_out)} held-out bundled photos "
                           "(models/photos.py)", "gate": floors}
     return evaluation, report, reasons

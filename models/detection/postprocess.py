@@ -93,6 +93,9 @@ def postprocess(boxes: torch.Tensor, scores: torch.Tensor, *, conf: float = 0.25
         # At most `max_candidates` per image enter NMS, the highest scored.
         flat = scores.reshape(n_images, -1) if multi_label else best
         top = torch.where(passing, flat, -1.0).topk(max_candidates, dim=1).indices  # (B, k)
+        # In anchor order, as when none is dropped: where scores tie exactly, what NMS
+        # keeps must not depend on how many candidates the other images have.
+        top = top.sort(dim=1).values
         ok = passing.gather(1, top)
         image = torch.arange(n_images, device=scores.device)[:, None].expand_as(top)[ok]
         column = top[ok]

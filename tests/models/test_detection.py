@@ -171,15 +171,14 @@ def test_multi_label_keeps_every_class_above_conf_at_an_anchor() -> None:
     assert agn.labels.tolist() == [1, 0]  # one box per place again
 
 
-@pytest.mark.slow  # builds, runs and rebuilds a detector per backbone: ~5 s each
 @pytest.mark.parametrize("options", [
     {}, {"multi_label": True}, {"agnostic": True, "iou": 0.3}, {"classes": [0, 3], "conf": 0.1},
     {"max_det": 3, "multi_label": True}, {"max_candidates": 7, "conf": 0.05},
     {"conf": 0.99},  # no candidate in any image
 ])
 def test_postprocess_of_a_batch_equals_each_image_alone(options) -> None:
-    """The batch is one NMS whose groups never span images: each image's detections are
-    what it gets alone, whatever the other images hold."""
+    """Candidates are picked for the whole batch at once: each image's detections are what
+    it gets alone, whatever the other images hold (and an empty batch gives none)."""
     torch.manual_seed(0)
     n, anchors, classes = 5, 60, 4
     xy = torch.rand(n, anchors, 2) * 100
@@ -194,8 +193,10 @@ def test_postprocess_of_a_batch_equals_each_image_alone(options) -> None:
         assert torch.equal(det.labels, alone.labels) and det.labels.dtype == torch.int64
         assert torch.all(det.scores[:-1] >= det.scores[1:])  # highest score first
     assert len(batch[2]) == 0
+    assert postprocess(boxes[:0], scores[:0], **options) == []
 
 
+@pytest.mark.slow  # builds, runs and rebuilds a detector per backbone: ~5 s each
 @pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
 def test_detector_shapes_and_rebuild_from_json_args(backbone: str) -> None:
     torch.manual_seed(0)

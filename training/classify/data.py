@@ -17,10 +17,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from models.errors import DatasetError
+from models.imaging import IMAGE_SUFFIXES
 from models.preprocess import Preprocessing
 from training.images import read_image
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 Sample = tuple[Path, int]
 

@@ -30,12 +30,12 @@ from torchvision.ops import box_convert
 
 from models.detection.letterbox import boxes_to_letterbox, letterbox
 from models.errors import DatasetError
+from models.imaging import IMAGE_SUFFIXES
 from training.detection.augment import DetectionAugment
 from training.images import read_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _COORD_TOLERANCE = 0.01  # Normalised coordinates a little outside [0, 1] are clipped.
 
 
