@@ -87,7 +87,7 @@ TORCHSERVE_HANDLER = '''
 import os, torch
 from ts.torch_handler.base_handler import BaseHandler
 from models.imaging import decode_image
-from models.predictor import Predictor
+from models.predictor import load_predictor
 
 class Handler(BaseHandler):
     def initialize(self, context):

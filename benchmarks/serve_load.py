@@ -263,9 +263,10 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
         levels = load_levels(server, request, seconds)
         # A soak at concurrency 32 up to `soak_requests` in all, for the RSS-growth goal.
         served = sum(r.sent for r in levels.values())
-        if soak_requests > served:
+        deadline = time.monotonic() + 300
+        while served < soak_requests and time.monotonic() < deadline:
             served += run_load(HOST, port, request, concurrency=32, warmup=0, seconds=min(
-                300.0, (soak_requests - served) / max(1.0, levels[32].rps))).sent
+                60.0, 1.0 + (soak_requests - served) / max(1.0, levels[32].rps))).sent
         models = httpx.get(f"http://{HOST}:{port}/v1/models").json()["models"]
         metrics = httpx.get(f"http://{HOST}:{port}/metrics").text
         total = {k: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -293,8 +294,9 @@ def run_rival(name: str, export: Path, jpeg: bytes, seconds: float, work: Path) 
         server = Served(name, cmd, port, f"http://{HOST}:{port}/ping", wd / "server.log", env)
         # /ping is healthy before the worker is up; wait for a real answer.
         request = raw_request("/predictions/ocellus", f"{HOST}:{port}", jpeg, "image/jpeg")
+    try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while name == "torchserve" and time.monotonic() < deadline:
             try:  # the first answer waits for the worker to load (over 60 s when busy)
                 if httpx.post(f"http://{HOST}:{port}/predictions/ocellus", content=jpeg,
                               timeout=60).status_code == 200:
@@ -302,7 +304,6 @@ def run_rival(name: str, export: Path, jpeg: bytes, seconds: float, work: Path) 
             except httpx.TimeoutException:
                 continue
             time.sleep(1)
-    try:
         run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)
         levels = load_levels(server, request, seconds)
         return {"levels": levels, "peak_mb": tree_memory_mb(server.proc.pid, "VmHWM")}
@@ -442,8 +443,12 @@ def main(argv: list[str] | None = None) -> int:
                 fair = results["ocellus fp32"]["levels"][32].rps / results[rival]["levels"][32].rps
                 print(f"  {'  (Ocellus serving the fp32 export) ÷ ' + rival:62s} {fair:7.2f}")
     growth = oc["rss_growth_mb"]
-    _goal(f"RSS growth, MB, over {oc['rss_requests']} requests after warm-up", growth,
-          "flat", abs(growth) <= 50)
+    if args.soak_requests >= 10_000:
+        _goal(f"RSS growth, MB, over {oc['rss_requests']} requests after warm-up", growth,
+              "flat", abs(growth) <= 50)
+    else:
+        print(f"  RSS growth {growth:+.1f} MB over {oc['rss_requests']} requests (no 10k soak "
+              f"in this run: --soak-requests {args.soak_requests})")
     int8_peak = peaks["int8 3x3 conv (OpenVINO)"]
     fp32_peak = max(peaks["fp32 matmul (torch)"], peaks["fp32 3x3 conv (OpenVINO)"])
     print(f"  achieved GOP/s ÷ peak ({raw['gflop']:.3f} GFLOP per image; int8 peak "
