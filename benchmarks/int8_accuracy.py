@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
     per_class, epochs = (50, 2) if args.quick else (200, 4)
     with tempfile.TemporaryDirectory(prefix="int8-accuracy-") as tmp:
-        work = args.out or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+        if args.out:  # a fresh folder under it each run: quantize never overwrites
+            args.out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=args.out)) if args.out else Path(tmp)
         rows = []
         recipe = ["--backbone", "efficientnet_lite0", "--mode", "feature-extract",
                   "--epochs", str(epochs), "--img-size", "96", "--batch-size", "50",

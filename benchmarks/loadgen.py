@@ -80,6 +80,9 @@ class LoadResult:
         return 1000 * self.client_cpu_s / max(1, self.sent)
 
 
+RESPONSE_TIMEOUT_S = 60.0
+
+
 async def _client(host: str, port: int, request: bytes, stop_at: float, measure_from: float,
                   out: LoadResult) -> None:
     reader, writer = await asyncio.open_connection(host, port)
@@ -88,8 +91,9 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, measure_
             try:
                 writer.write(request)
                 await writer.drain()
-                status = await _read_response(reader)
-            except (ConnectionError, asyncio.IncompleteReadError):
+                # Bounded: a server that stops answering costs an error, not a hang.
+                status = await asyncio.wait_for(_read_response(reader), RESPONSE_TIMEOUT_S)
+            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
                 status = 0
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)

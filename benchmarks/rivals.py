@@ -44,7 +44,7 @@ def ensure_venv(tool: str) -> Path:
 LITSERVE_APP = '''
 import sys, torch, litserve as ls
 from models.imaging import decode_image
-from models.predictor import load_predictor, Predictor
+from models.predictor import load_predictor
 
 class Api(ls.LitAPI):
     def setup(self, device):
