@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.servers import free_port  # noqa: E402
 from models.defaults import default_detector_export  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
 from models.predictor import Predictor, load_predictor  # noqa: E402
@@ -70,12 +70,6 @@ def rate(fn: Callable[[], None], images_per_call: int, args: argparse.Namespace
         fn()
         calls += 1
     return calls * images_per_call / (time.perf_counter() - start), calls
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: Path, threads: int, log: Path) -> tuple[subprocess.Popen, str]:

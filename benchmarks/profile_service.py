@@ -36,7 +36,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import multipart_request, run_load  # noqa: E402
-from benchmarks.serve_load import HOST, Served, _port, test_jpeg  # noqa: E402
+from benchmarks.serve_load import test_jpeg  # noqa: E402
+from benchmarks.servers import HOST, Served, free_port  # noqa: E402
 from models.export import read_manifest  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 
@@ -77,7 +78,7 @@ def per_thread(raw: Path, top: int) -> list[tuple[str, int, list[tuple[float, st
 def profile(export: Path, concurrency: int, seconds: float, mode: str, work: Path,
             top: int) -> None:
     route = get_task(read_manifest(export).task).route
-    port = _port()
+    port = free_port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--host", HOST, "--port", str(port),
            "--model", str(export), "--log-level", "warning"]
     server = Served("ocellus", cmd, port, f"http://{HOST}:{port}/readyz",

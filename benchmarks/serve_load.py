@@ -26,12 +26,9 @@ cores with anything else running.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import logging
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +41,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import LoadResult, multipart_request, raw_request, run_load  # noqa: E402
+from benchmarks.peaks import gflop_per_image, hardware_peaks  # noqa: E402
 from benchmarks.rivals import litserve_command, torchserve_command  # noqa: E402
+from benchmarks.servers import HOST, Served, free_port, tree_memory_mb  # noqa: E402
 from models.export import read_manifest  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
 from models.photos import real_images  # noqa: E402
@@ -52,7 +51,6 @@ from models.predictor import load_predictor  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 from service.backends import select_backend  # noqa: E402
 
-HOST = "127.0.0.1"
 LEVELS = (1, 8, 32)
 
 
@@ -122,123 +120,7 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
             decode_image(jpeg, target_size=size)
         decode_ms = (time.perf_counter() - t) / 20 * 1000
     return {"backend": report, "fast": fast, "model_only": model_only, "e2e": e2e,
-            "decode_ms": decode_ms, "gflop": _gflop_per_image(predictor)}
-
-
-def _gflop_per_image(predictor) -> float:
-    """GFLOP of one forward pass (a multiply-add is 2), counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    size = predictor.input_size
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        predictor.model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 1e9
-
-
-def hardware_peaks(seconds: float = 1.0) -> dict[str, float]:
-    """GOP/s this box reaches on the largest, simplest work of each precision."""
-    import openvino as ov
-
-    from models.int8 import openvino_config
-    from training.quantize import quantize_ov
-
-    def rate(fn, ops: float) -> float:
-        fn()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            fn()
-            n += 1
-        return ops * n / (time.perf_counter() - start) / 1e9
-
-    m = 2048
-    a, b = torch.randn(m, m), torch.randn(m, m)
-    ai, bi = (torch.randint(-128, 127, (m, m), dtype=torch.int8) for _ in range(2))
-    peaks = {"fp32 matmul (torch)": rate(lambda: a @ b, 2 * m ** 3),
-             "bf16 matmul (torch)": rate(lambda: a.bfloat16() @ b.bfloat16(), 2 * m ** 3),
-             "int8 matmul (torch._int_mm)": rate(lambda: torch._int_mm(ai, bi), 2 * m ** 3)}
-    # 3x3 convolutions, 256 → 256 channels on 28x28, batch 8: the kind of work a CNN does.
-    convs = torch.nn.Sequential(*[torch.nn.Conv2d(256, 256, 3, padding=1)
-                                  for _ in range(4)]).eval()
-    x = torch.randn(8, 256, 28, 28)
-    ops = 4 * 2 * 8 * 256 * 256 * 9 * 28 * 28
-    with torch.no_grad():
-        model = ov.convert_model(convs, example_input=x[:1], input=[(-1, 256, 28, 28)])
-    core = ov.Core()
-    for name, m_ in (("fp32", model),
-                     ("int8", quantize_ov(model, [x[i] for i in range(8)]))):
-        compiled = core.compile_model(m_, "CPU", openvino_config())
-        peaks[f"{name} 3x3 conv (OpenVINO)"] = rate(lambda c=compiled: c(x.numpy()), ops)
-    return peaks
-
-
-def _tree_pids(pid: int) -> list[int]:
-    pids, frontier = [pid], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = []
-        # Each thread has its own children list (Java starts TorchServe's worker from one).
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                kids += (task / "children").read_text().split()
-        pids += [int(k) for k in kids]
-        frontier += [int(k) for k in kids]
-    return pids
-
-
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_memory_mb(pid: int, field: str) -> float:
-    """Sum of a /proc status field (VmHWM peak, VmRSS now) over a process tree, in MB."""
-    return sum(_status_kb(p, field) for p in _tree_pids(pid)) / 1024
-
-
-class Served:
-    """A server process in its own process group, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, name: str, cmd: list[str], port: int, ready_url: str, log: Path,
-                 env: dict | None = None) -> None:
-        self.name, self.port, self.log = name, port, log
-        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.proc.returncode}: "
-                                   f"{log.read_text()[-1500:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"{name} not ready in 300 s: {log.read_text()[-1500:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self._fh.close()
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+            "decode_ms": decode_ms, "gflop": gflop_per_image(predictor)}
 
 
 def load_levels(server: Served, request: bytes, seconds: float) -> dict:
@@ -250,7 +132,7 @@ def load_levels(server: Served, request: bytes, seconds: float) -> dict:
 
 def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
                 env: dict | None = None, soak_requests: int = 0) -> dict:
-    port = _port()
+    port = free_port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--host", HOST, "--port", str(port),
            "--model", str(export), "--log-level", "warning"]
     server = Served("ocellus", cmd, port, f"http://{HOST}:{port}/readyz",
@@ -282,7 +164,7 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
 
 
 def run_rival(name: str, export: Path, jpeg: bytes, seconds: float, work: Path) -> dict:
-    port = _port()
+    port = free_port()
     wd = work / name
     wd.mkdir()
     if name == "litserve":
