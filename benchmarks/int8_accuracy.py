@@ -1,10 +1,12 @@
-"""The accuracy an int8 export gives up, on three trained models, side by side.
+"""The accuracy int8 and bf16 give up, on three trained models, side by side.
 
 For each model it trains an fp32 export with ``ocellus train``, makes its int8
 variant with ``ocellus quantize`` (calibrated on the training split, scored on
-the validation split with the same `Predictor`), and prints one table row: the
-fp32 and int8 metric, the drop, the largest per-class recall drop, whether the
-gate accepted it, and the int8 and fp32 model-only img/s at batch 8.
+the validation split with the same `Predictor`), scores the ``bf16`` backend
+(bfloat16 autocast, service/backends.py) on the same split the same way, and
+prints one table row: the fp32, int8 and bf16 metric, the drops, the largest
+per-class recall drop of int8, whether the gate accepted it, and the fp32, int8
+and bf16 model-only img/s at batch 8.
 
 1. Fashion-MNIST (Debian's dataset-fashion-mnist): EfficientNet-Lite0, feature
    extraction, 200 train and 100 val images per class, 96 px.
@@ -33,7 +35,9 @@ import torch
 from PIL import Image
 
 from models.predictor import load_predictor
-from training.quantize import EXIT_WRITTEN
+from models.tasks import get_task, resolve
+from service.backends import build_bf16
+from training.quantize import EXIT_WRITTEN, splits
 from training.quantize import get_args_parser as quantize_parser
 from training.quantize import main as quantize
 
@@ -55,8 +59,16 @@ def digits_tree(out: Path, *, size: int = 32, val_fraction: float = 0.25) -> Pat
     return out
 
 
+def _bf16(path: Path):
+    """The fp32 export's predictor with its forward in bf16 autocast."""
+    predictor = load_predictor(path, precision="fp32")
+    predictor.runtime = build_bf16(predictor, torch.zeros(1, 3, 8, 8))
+    return predictor
+
+
 def _img_per_s(path: Path, precision: str, seconds: float = 2.0) -> float:
-    predictor = load_predictor(path, precision=precision)
+    predictor = (_bf16(path) if precision == "bf16"
+                 else load_predictor(path, precision=precision))
     x = torch.randn(8, 3, predictor.input_size, predictor.input_size)
     with torch.inference_mode():
         predictor.forward(x)
@@ -67,18 +79,22 @@ def _img_per_s(path: Path, precision: str, seconds: float = 2.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run(name: str, export: Path, work: Path) -> dict:
+def run(name: str, export: Path, work: Path, data: Path) -> dict:
     report = work / f"{name}-quantize.json"
     code = quantize(quantize_parser().parse_args([
         "--model", str(export), "--out", str(work / f"{name}-int8"), "--report", str(report)]))
     body = json.loads(report.read_text())
     metric = body["metric"]
     fp32, int8 = body["evaluation"]["fp32"][metric], body["evaluation"]["int8"][metric]
-    speed = {"fp32": _img_per_s(export, "fp32")}
+    bf16 = _bf16(export)
+    score = resolve(get_task(bf16.task).retrain).score_predictor
+    bf16_metric = score(bf16, splits(bf16.task, data, bf16.manifest)[1])[metric]
+    speed = {"fp32": _img_per_s(export, "fp32"), "bf16": _img_per_s(export, "bf16")}
     if code == EXIT_WRITTEN:
         speed["int8"] = _img_per_s(work / f"{name}-int8", "int8")
-    return {"name": name, "metric": metric, "fp32": fp32, "int8": int8,
-            "drop": fp32 - int8, "max_class_drop": body["drop"]["max_class_recall"],
+    return {"name": name, "metric": metric, "fp32": fp32, "int8": int8, "bf16": bf16_metric,
+            "drop": fp32 - int8, "bf16_drop": fp32 - bf16_metric,
+            "max_class_drop": body["drop"]["max_class_recall"],
             "accepted": body["accepted"], "val_images": body["evaluation"]["fp32"].get(
                 "num_images"), "speed": speed}
 
@@ -112,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             train_classify(classify_parser().parse_args(
                 ["--data", str(data), "--out", str(work / name), "--name", name, *recipe]))
-            rows.append(run(name, work / name, work))
+            rows.append(run(name, work / name, work, data))
             rows[-1]["minutes"] = (time.perf_counter() - start) / 60
             print(json.dumps(rows[-1]), flush=True)
         yaml = synth_detect(work / "synth-data", images=120 if args.quick else 240, seed=0,
@@ -122,19 +138,21 @@ def main(argv: list[str] | None = None) -> int:
             "--data", str(yaml), "--out", str(work / "garments"), "--epochs",
             "6" if args.quick else "16", "--img-size", "192", "--batch-size", "8",
             "--no-progress"]))
-        rows.append(run("synth-detect", work / "garments", work))
+        rows.append(run("synth-detect", work / "garments", work, yaml))
         rows[-1]["minutes"] = (time.perf_counter() - start) / 60
         print(json.dumps(rows[-1]), flush=True)
 
     goals = {"top1": 0.005, "map50_95": 0.01}
     print(f"\n{'model':16s} {'metric':9s} {'val imgs':>8s} {'fp32':>7s} {'int8':>7s} "
-          f"{'drop':>8s} {'goal':>6s} {'class':>7s} {'gate':>8s} {'img/s fp32 → int8 (b8)':>24s}")
+          f"{'drop':>8s} {'goal':>6s} {'class':>7s} {'gate':>8s} {'bf16':>7s} {'drop':>8s} "
+          f"{'img/s b8: fp32':>15s} {'int8':>6s} {'bf16':>6s}")
     for r in rows:
         speed = r["speed"]
         print(f"{r['name']:16s} {r['metric']:9s} {r['val_images'] or '':>8} {r['fp32']:7.4f} "
               f"{r['int8']:7.4f} {r['drop']:+8.4f} {'<=' + str(goals[r['metric']]):>6s} "
               f"{r['max_class_drop']:+7.3f} {'accepted' if r['accepted'] else 'refused':>8s} "
-              f"{speed['fp32']:9.1f} → {speed.get('int8', float('nan')):7.1f}")
+              f"{r['bf16']:7.4f} {r['bf16_drop']:+8.4f} {speed['fp32']:15.1f} "
+              f"{speed.get('int8', float('nan')):6.1f} {speed['bf16']:6.1f}")
     return 0
 
 
