@@ -25,6 +25,11 @@ from service.settings import Settings
 # What an inference route may answer besides 200, in the one error shape (service/errors.py).
 INFERENCE_ERRORS = error_responses(400, 404, 413, 415, 422, 503)
 
+# Per task, which of one image's predictions the prediction metrics count: the top
+# class of a classification, every detection.
+COUNTED: dict[str, Callable[[Any], Sequence[Any]]] = {
+    "classify": lambda classes: classes[:1], "detect": lambda detections: detections}
+
 
 @dataclass(frozen=True)
 class Inference:
@@ -39,12 +44,11 @@ class Inference:
         """The decode pool: for the route's own CPU-bound image work (rendering)."""
         return self.store.decode_pool
 
-    def use(self, name: str | None, task: str) -> AbstractContextManager[ServedModel]:
+    def use(self, name: str | None, task: str | None) -> AbstractContextManager[ServedModel]:
         """The model to answer with, held until the route has answered (`ModelStore.use`)."""
         return self.store.use(name, task)
 
-    async def run(self, served: ServedModel, files: list[UploadFile], *,
-                  counted: Callable[[Any], Sequence[Any]],
+    async def run(self, served: ServedModel, files: list[UploadFile],
                   **options: Any) -> tuple[list[PreparedImage], list[Any]]:
         """Decode `files`, run `served` on them, and count the inputs and predictions.
 
@@ -53,8 +57,6 @@ class Inference:
 
         Args:
             served: The model, from `use`.
-            counted: Which of one image's predictions the prediction metrics count
-                (objects with ``label`` and ``score``): the top class, or every detection.
             **options: The task's postprocess options (``top_k``; ``conf``, ``iou``, ...).
 
         Returns:
@@ -73,6 +75,7 @@ class Inference:
                                        nbytes=im.nbytes, brightness=im.brightness)
         results = await served.infer([im.input for im in images], [im.meta for im in images],
                                      timeout_s=deadline.remaining(), **options)
+        counted = COUNTED[served.task]
         self.metrics.observe_predictions(served.name, [(p.label, p.score) for result in results
                                                        for p in counted(result)])
         return images, results

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from models.tasks import get_task
 from service.deps import ClassifyModelDep, InferenceDep
 from service.inference import INFERENCE_ERRORS, model_ref
+from service.options import ClassifyOptions
 from service.schemas import ClassifyResponse, ClassifyResult, Prediction
 from service.uploads import UPLOAD_BODY, UploadsDep
 
@@ -22,14 +23,13 @@ async def classify(
     inference: InferenceDep,
     model: ClassifyModelDep,  # before the upload: a bad name costs no body read
     files: UploadsDep,
-    top_k: Annotated[int | None, Query(
-        ge=1, le=1000, description="classes per image; default OCELLUS_DEFAULT_TOP_K (5)")] = None,
+    options: Annotated[ClassifyOptions, Query()],
 ) -> ClassifyResponse:
     """Classify one or more uploaded images (multipart parts named ``file``)."""
     with inference.use(model, TASK.name) as served:
         images, results = await inference.run(
-            served, files, counted=lambda classes: classes[:1],
-            top_k=top_k or inference.settings.default_top_k)  # metrics: top-1
+            served, files,
+            **options.postprocess_options(inference.settings, len(served.predictor.labels)))
         return ClassifyResponse(model=model_ref(served), results=[
             ClassifyResult(filename=im.filename, width=im.width, height=im.height,
                            predictions=[Prediction(label=c.label, index=c.index, score=c.score)
