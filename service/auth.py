@@ -1,4 +1,5 @@
-"""Optional API keys for the ``/v1/`` routes, and the admin token of the admin API.
+"""Optional API keys for the ``/v1/`` and ``/v2/models/`` routes, and the admin token of
+the admin API.
 
 Secrets are compared with `hmac.compare_digest`, in constant time. A refusal
 is a 401 JSON error (no or malformed credentials) or a 403 (wrong admin
@@ -38,7 +39,9 @@ def bearer_token(headers: dict[str, str]) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Requires one of `keys` on every ``/v1/`` route except the admin actions.
+    """Requires one of `keys` on every ``/v1/`` route except the admin actions, and on
+    the Open Inference Protocol's model routes (``/v2/models/...``; its server
+    metadata and health probes stay open, as ``/healthz`` and ``/readyz`` do).
 
     The admin actions (``POST /v1/models/{name}/reload|rollback``) check the
     admin token themselves; the admin token is accepted here as a key too.
@@ -51,7 +54,8 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not self.keys or not path.startswith("/v1/") or _ADMIN_ACTION.match(path):
+        if (not self.keys or not path.startswith(("/v1/", "/v2/models/"))
+                or _ADMIN_ACTION.match(path)):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")

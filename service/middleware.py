@@ -4,6 +4,7 @@ cap on inference requests in flight, and dropping the work of a client that has 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import anyio
@@ -14,14 +15,61 @@ from models.tasks import TASKS
 from service.errors import disconnected_response, error_response
 from service.metrics import Metrics
 
-# Each task's route, as the task table names it: /v1/classify, /v1/detect.
+# Each task's route, as the task table names it: /v1/classify, /v1/detect; and the
+# Open Inference Protocol's (service/routes/v2.py).
 INFERENCE_PATHS = frozenset(task.route for task in TASKS.values())
+V2_INFER = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
 
 def is_inference(scope: Scope) -> bool:
     """A request that decodes images and runs a model: POST to an inference route."""
     return (scope["type"] == "http" and scope["method"] == "POST"
-            and scope["path"] in INFERENCE_PATHS)
+            and (scope["path"] in INFERENCE_PATHS or V2_INFER.match(scope["path"]) is not None))
+
+
+class V2ErrorMiddleware:
+    """Gives the errors of ``/v2`` routes the protocol's shape, ``{"error": "message"}``.
+
+    The service's one error shape (service/errors.py) is made everywhere, by the
+    handlers and by the middleware outside the routes (413, 401, 503); here, for a
+    ``/v2`` path, its message becomes the protocol's error. Status and headers
+    (Retry-After) stay.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def reshape(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start = message
+                return
+            if start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(chunks)
+            try:
+                error = json.loads(body)["error"]
+                body = json.dumps({"error": error["message"]}).encode()
+            except (ValueError, KeyError, TypeError):
+                pass  # not the service's shape: as it is
+            headers = [(k, v) for k, v in start.get("headers", ())
+                       if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers,
+                                             (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, reshape)
 
 
 class MetricsMiddleware:

@@ -268,7 +268,7 @@ class ModelStore:
         return old
 
     @contextmanager
-    def use(self, name: str | None, task: str) -> Iterator[ServedModel]:
+    def use(self, name: str | None, task: str | None) -> Iterator[ServedModel]:
         """`get`, held until the request is done: a replaced version drains on this count.
 
         Use it on the event loop's thread (in the route), around all of the request's
@@ -281,8 +281,11 @@ class ModelStore:
         finally:
             served.release()
 
-    def get(self, name: str | None, task: str) -> ServedModel:
+    def get(self, name: str | None, task: str | None) -> ServedModel:
         """The model called `name`, or the first one of `task` when no name is given.
+
+        A route of one task (``/v1/classify``) names its task; a route that takes any
+        model by name (``/v2/models/{name}/infer``) passes ``task=None``.
 
         Raises:
             ModelNotReadyError: No such model, or none for the task.
@@ -292,7 +295,7 @@ class ModelStore:
             if name not in self.models:
                 raise self._not_served(f"no model named {name!r}", name)
             served = self.models[name]
-            if served.task != task:
+            if task is not None and served.task != task:
                 raise TaskMismatchError(
                     f"model {name!r} is a {served.task!r} model and cannot {task}; "
                     f"send it to {get_task(served.task).route}")

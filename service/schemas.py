@@ -127,3 +127,78 @@ class ErrorResponse(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """A route's OpenAPI ``responses``: these statuses answer in the one error shape."""
     return {status: {"model": ErrorResponse} for status in statuses}
+
+
+# The Open Inference Protocol v2 (service/routes/v2.py, service/oip.py).
+class V2Error(BaseModel):
+    error: str
+
+
+def v2_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A /v2 route's OpenAPI ``responses``: these statuses answer in the protocol's shape."""
+    return {status: {"model": V2Error} for status in statuses}
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Tensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2Tensor]
+    outputs: list[V2Tensor]
+
+
+class V2InputTensor(V2Tensor):
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size: the byte count of this tensor's binary data")
+    data: list[Any] | None = Field(None, description="base64-encoded images (JSON mode)")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: bool")
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="the task's options (top_k; conf, iou, max_det, classes, agnostic, "
+        "multi_label) and binary_data_output")
+    inputs: list[V2InputTensor]
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2OutputTensor(V2Tensor):
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2OutputTensor]

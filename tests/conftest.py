@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import TINY_LABELS, make_tiny_export
+from helpers import QUICK_START, TINY_LABELS, make_tiny_export
 
 from models.export import Manifest
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DARKNET = Path("/usr/share/darknet/data")
 
 
 # The cache folder `make setup` fills (the Makefile's CACHE_DIR).
@@ -176,6 +177,19 @@ def fashion_model(tmp_path_factory: pytest.TempPathFactory,
 def default_server(start_server) -> Iterator[Server]:
     """The service with no --model: the embedded default models."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def detector_defaults_server(start_server, tmp_path_factory, nanodet_source_files) -> Server:
+    """The service with no --model, NanoDet's files in its cache: both embedded defaults."""
+    if not (DARKNET / "dog.jpg").is_file():
+        pytest.fail("Debian's darknet package is missing: run `apt-get install darknet`")
+    cache = tmp_path_factory.mktemp("nanodet-cache")
+    npm_dir = nanodet_source_files[0].parents[2]  # the cache's npm/ folder
+    (cache / "npm").symlink_to(npm_dir, target_is_directory=True)
+    # Nothing here is about the backend or batch sizes, so neither is measured at start-up
+    # (test_differential serves these models with each backend).
+    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), **QUICK_START})
 
 
 @pytest.fixture(scope="session")

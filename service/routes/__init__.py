@@ -9,6 +9,8 @@ models.py                 GET /v1/models                 models
 classify.py               POST /v1/classify              inference
 detect.py                 POST /v1/detect                inference
 admin.py                  POST /v1/models/{name}/...     admin
+v2.py                     /v2/... (Open Inference        v2
+                          Protocol: KServe, Triton)
 ========================  =============================  =========
 
 A new route is a module here with its own ``router``, listed in `ROUTERS`.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import admin, classify, detect, health, metrics, models
+from service.routes import admin, classify, detect, health, metrics, models, v2
 
 # In this order in the OpenAPI schema.
 ROUTERS: tuple[APIRouter, ...] = (health.router, models.router, metrics.router,
-                                  classify.router, detect.router, admin.router)
+                                  classify.router, detect.router, admin.router, v2.router)

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import QUICK_START
 from PIL import Image
 from torchvision.ops import box_iou
 
@@ -43,15 +42,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(start_server, tmp_path_factory, nanodet_source_files):
-    if not (DARKNET / "dog.jpg").is_file():
-        pytest.fail("Debian's darknet package is missing: run `apt-get install darknet`")
-    cache = tmp_path_factory.mktemp("nanodet-cache")
-    npm_dir = nanodet_source_files[0].parents[2]  # the cache's npm/ folder
-    (cache / "npm").symlink_to(npm_dir, target_is_directory=True)
-    # Nothing here is about the backend or batch sizes, so neither is measured at start-up
-    # (test_differential serves these models with each backend).
-    return start_server(env={"OCELLUS_CACHE_DIR": str(cache), **QUICK_START})
+def server(detector_defaults_server):
+    return detector_defaults_server
 
 
 def detect(server, name: str, **params) -> httpx.Response:
