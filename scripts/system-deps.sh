@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests read real data from (Fashion-MNIST, darknet's
-# photos), and Prometheus. Idempotent: it does nothing when they are present, and needs
+# photos), Prometheus and Chromium. Idempotent: it does nothing when they are present, and needs
 # root (or sudo) otherwise.
 set -euo pipefail
 want=()
@@ -9,6 +9,8 @@ want=()
 [ -f /usr/share/darknet/data/dog.jpg ] || want+=(darknet)
 # tests/deploy/test_prometheus.py starts a real Prometheus server.
 [ -x /usr/bin/prometheus ] || want+=(prometheus)
+# tests/service/test_console.py drives the web console in a real browser (Playwright).
+[ -x /usr/bin/chromium ] || want+=(chromium)
 # tests/deploy/test_deploy_config.py parses docker-compose.yml with a real compose CLI
 # (`config` needs no Docker engine).
 # A docker client without its compose plugin does not count: check that compose answers.

@@ -35,7 +35,7 @@ from service.middleware import (
 )
 from service.model_store import ModelStore, ServedModel
 from service.registry_watch import RegistryWatcher
-from service.routes import ROUTERS
+from service.routes import ROUTERS, console
 from service.settings import Settings
 from service.uploads import document_upload_limits
 
@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.mount("/console", console.ASSETS, name="console")  # the console's static files
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        metrics=app.state.metrics)
     app.add_middleware(CancelOnDisconnectMiddleware, metrics=app.state.metrics)

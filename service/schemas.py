@@ -110,6 +110,14 @@ class ReloadResponse(BaseModel):
     previous: str | None = Field(None, description="the version served before")
 
 
+class RegistryHistory(BaseModel):
+    name: str
+    current: str | None = Field(description="the version `current` names")
+    versions: list[str] = Field(description="published versions, oldest first")
+    events: list[dict[str, Any]] = Field(description="promotions and rollbacks, oldest "
+                                         "first: action, version, reason, at")
+
+
 class Status(BaseModel):
     status: str
 

@@ -68,5 +68,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, tmp_
     print(output[output.find("SUMMARY"):])  # phases, failures, warnings and case counts
     assert run.returncode == 0, output[-8000:]
     # Every operation, admin and Open Inference Protocol ones included.
-    assert "Tested: 16" in output and "Unresolvable" not in output, output[-3000:]
+    assert "Tested: 18" in output and "Unresolvable" not in output, output[-3000:]
     assert served.alive()
