@@ -5,24 +5,38 @@
 const fmt = (v) => (typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(4))
   : typeof v === "object" && v !== null ? JSON.stringify(v) : String(v));
 
-function metricsPart(manifest) {
-  const metrics = manifest.metrics || {};
-  const parts = [el("h3", {}, "Training metrics")];
-  const scalars = Object.entries(metrics).filter(([, v]) => typeof v !== "object");
-  if (!Object.keys(metrics).length) parts.push(el("p", { class: "hint" }, "None recorded."));
+// One set of scores: its numbers, its per-class table, its confusion matrix.
+function scoresPart(scores, labels) {
+  const parts = [];
+  const scalars = Object.entries(scores).filter(([, v]) => typeof v !== "object");
   if (scalars.length) parts.push(table(["metric", "value"], scalars.map(([k, v]) => [k, fmt(v)])));
-  const perClass = metrics.per_class;
+  const perClass = scores.per_class;
   if (perClass && typeof perClass === "object") {
     const cols = [...new Set(Object.values(perClass).flatMap((v) => Object.keys(v || {})))];
-    parts.push(el("h3", {}, "Per class"),
+    parts.push(el("h4", {}, "Per class"),
       table(["class", ...cols], Object.entries(perClass).map(([label, v]) =>
         [label, ...cols.map((c) => fmt((v || {})[c] ?? ""))])));
   }
-  const confusion = metrics.confusion_matrix;
+  const confusion = scores.confusion_matrix;
   if (Array.isArray(confusion) && confusion.length <= 50) {
-    const labels = manifest.labels || confusion.map((_, i) => String(i));
-    parts.push(el("h3", {}, "Confusion matrix (rows: true class, columns: predicted)"),
-      table(["", ...labels], confusion.map((row, i) => [labels[i], ...row.map(String)])));
+    const names = scores.labels || labels || confusion.map((_, i) => String(i));
+    parts.push(el("h4", {}, "Confusion matrix (rows: true class; columns: predicted)"),
+      table(["", ...names], confusion.map((row, i) => [names[i], ...row.map(String)])));
+  }
+  return parts;
+}
+
+// The manifest's metrics: numbers at the top, and each split's scores (``val``).
+function metricsPart(manifest) {
+  const metrics = manifest.metrics || {};
+  const parts = [el("h3", {}, "Training metrics")];
+  if (!Object.keys(metrics).length) parts.push(el("p", { class: "hint" }, "None recorded."));
+  parts.push(...scoresPart(metrics, manifest.labels));
+  for (const [split, scores] of Object.entries(metrics)) {
+    if (scores && typeof scores === "object" && !Array.isArray(scores) && split !== "per_class") {
+      parts.push(el("details", { open: "" }, el("summary", {}, `${split} split`),
+        ...scoresPart(scores, manifest.labels)));
+    }
   }
   return parts;
 }

@@ -198,3 +198,23 @@ def test_keys_history_and_rollback(browser, registry_server) -> None:
     assert "version 1" in page.locator("#model-list article[data-model='tiny'] h2").inner_text()
     page.screenshot(path=ARTIFACTS / "models-registry.png", full_page=True)
     context.close()
+
+
+def test_a_trained_models_scores_are_shown(browser, start_server, fashion_model) -> None:
+    from helpers import QUICK_START
+
+    export, manifest = fashion_model
+    server = start_server("--model", str(export), env=QUICK_START)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    page.get_by_role("tab", name="Models").click()
+    card = page.locator(f"#model-list article[data-model='{manifest.name}']")
+    card.get_by_text("Confusion matrix").wait_for()
+    text = card.inner_text()
+    top1 = f"{manifest.metrics['val']['top1']:.4f}"
+    assert "val split" in text and top1 in text and "Per class" in text, text[:2000]
+    assert card.locator("table").nth(3).locator("tbody tr").count() == len(manifest.labels)
+    page.screenshot(path=ARTIFACTS / "models-trained.png", full_page=True)
+    context.close()
