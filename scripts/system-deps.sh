@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests read real data from (Fashion-MNIST, darknet's
-# photos), Prometheus and Chromium. Idempotent: it does nothing when they are present, and needs
-# root (or sudo) otherwise.
+# photos), Prometheus with its promtool, and Chromium. Idempotent: it does nothing when
+# they are present, and needs root (or sudo) otherwise.
 set -euo pipefail
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
 # Real photos with COCO objects (dog.jpg, person.jpg, giraffe.jpg) and coco.names.
 [ -f /usr/share/darknet/data/dog.jpg ] || want+=(darknet)
-# tests/deploy/test_prometheus.py starts a real Prometheus server.
-[ -x /usr/bin/prometheus ] || want+=(prometheus)
+# tests/deploy/test_prometheus.py starts a real Prometheus server; test_alerts.py and
+# test_deploy_config.py run its promtool (the same package) on the rules and the config.
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || want+=(prometheus)
 # tests/service/test_console.py drives the web console in a real browser (Playwright).
 [ -x /usr/bin/chromium ] || want+=(chromium)
 # tests/deploy/test_deploy_config.py parses docker-compose.yml with a real compose CLI

@@ -4,6 +4,7 @@ puts tests/ on the path). Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +43,14 @@ def make_tiny_export(out: Path, *, seed: int = 0, name: str = "tiny") -> Path:
             "backbone": "efficientnet_lite0", "num_classes": len(TINY_LABELS), "dropout": 0.2}})
     save_export(model, out, manifest)
     return out
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads: the service's own (``ocellus_...``) and
+    recorded ones (``level:metric:operations``, from deploy/prometheus/alerts.yml).
+
+    Quoted strings (label values such as route templates) are left out.
+    """
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'", '""', expr)
+    return {name for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", unquoted)
+            if name.startswith("ocellus_") or ":" in name}

@@ -3,7 +3,7 @@
 No Docker engine runs here, so these check what can be checked without one:
 the files parse, every port and path agrees across Dockerfile, compose,
 Prometheus and Grafana, and the dashboard's PromQL names only metrics that a
-real Ocellus process exports.
+real Ocellus process exports, or series that the alerting rules record.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
 import yaml
-from helpers import QUICK_START, png_bytes
+from helpers import QUICK_START, png_bytes, promql_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = 8000
@@ -85,6 +85,10 @@ def test_compose_ports_and_paths_agree(compose: dict, prometheus_config: dict) -
     conf_target = mounts["prometheus"]["./deploy/prometheus/prometheus.yml"]
     assert _flag([a for c in prom["command"] for a in c.split("=", 1)], "--config.file") \
         == conf_target
+    # Each rule file is mounted where the config's relative path finds it: beside it.
+    for rule_file in prometheus_config["rule_files"]:
+        assert mounts["prometheus"][f"./deploy/prometheus/{rule_file}"] \
+            == str(PurePosixPath(conf_target).parent / rule_file)
     # Grafana: the datasource points at the prometheus service, the dashboards are mounted.
     ds = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml")
                         .read_text())["datasources"][0]
@@ -157,8 +161,13 @@ def test_dashboard_queries_only_exported_metrics(start_server, tiny_exports) -> 
             exported |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     dashboard = json.loads((REPO / "deploy/grafana/dashboards/ocellus.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(r"\bocellus_[a-z0-9_]+", e)}
-    assert used and used <= exported, sorted(used - exported)
+    used = set().union(*map(promql_metric_names, exprs))
+    raw = {m for m in used if ":" not in m}
+    assert raw and raw <= exported, sorted(raw - exported)
+    # The alert panels read the series that deploy/prometheus/alerts.yml records.
+    rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    assert used - raw <= recorded, sorted(used - raw - recorded)
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("request rate", "error rate", "p50", "p99", "batch size", "queue depth",
                   "predictions by class", "confidence", "image", "model version"):

@@ -22,6 +22,7 @@ from helpers import QUICK_START, png_bytes
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+RULES_DIR = REPO / "deploy/prometheus"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
@@ -42,7 +43,8 @@ def replicas(start_server, tiny_exports):
 
 @pytest.fixture(scope="module")
 def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
-    """The repo's scrape config with its targets swapped for the replicas, at 1 s."""
+    """The repo's config and rules, the targets swapped for the replicas, scraped and
+    evaluated every second."""
     if not Path(PROMETHEUS).exists():
         pytest.fail("Debian's prometheus is missing: run `make system-deps`")
     tmp = tmp_path_factory.mktemp("prometheus")
@@ -51,6 +53,14 @@ def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
     job.pop("dns_sd_configs")
     job["static_configs"] = [{"targets": [r.url.removeprefix("http://") for r in replicas]}]
     job["scrape_interval"] = config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    # The rule files, beside the config as in the repo, with every group on the 1 s
+    # interval (not a group's own, which could delay its first evaluation by a minute).
+    for name in config["rule_files"]:
+        rules = yaml.safe_load((RULES_DIR / name).read_text())
+        for group in rules["groups"]:
+            group.pop("interval", None)
+        (tmp / name).write_text(yaml.safe_dump(rules))
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{_free_port()}"
     with open(tmp / "prometheus.log", "wb") as log:
@@ -125,3 +135,33 @@ def test_prometheus_counts_requests_of_every_replica(prometheus, replicas) -> No
     assert 0 < p99 < 60
     assert _wait_value(prometheus, 'sum(ocellus_predictions_total{model="tiny"})', 9) == 9
     assert _wait_value(prometheus, 'count(ocellus_model_info{model="tiny"})', 2) == 2
+
+
+def test_prometheus_evaluates_the_alerting_rules(prometheus, replicas) -> None:
+    """Every rule of alerts.yml loads and evaluates without error on real metrics, and the
+    recorded series read the real label values (route template, le="0.5", model)."""
+    rules = yaml.safe_load((RULES_DIR / "alerts.yml").read_text())
+    want = {r.get("record") or r["alert"] for g in rules["groups"] for r in g["rules"]}
+    deadline, loaded = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{prometheus}/api/v1/rules", timeout=10)
+        assert r.status_code == 200, r.text
+        loaded = {rule["name"]: rule for g in r.json()["data"]["groups"] for rule in g["rules"]}
+        if set(loaded) == want and all(rule["health"] == "ok" for rule in loaded.values()):
+            break
+        time.sleep(0.5)
+    else:
+        bad = {n: (rule["health"], rule.get("lastError")) for n, rule in loaded.items()
+               if rule["health"] != "ok"}
+        raise AssertionError(f"missing {sorted(want - set(loaded))}, not ok {bad}")
+    _classify(replicas[0], 3)  # traffic inside the 5-minute windows, whatever ran before
+    slow = _wait_value(prometheus, 'route:ocellus_http_request_duration_seconds:'
+                       'slow_ratio_rate5m{route="/v1/classify"}', None)
+    assert 0 <= slow <= 1
+    assert 0 < _wait_value(prometheus, 'route:ocellus_http_request_duration_seconds:p99_rate5m'
+                           '{route="/v1/classify"}', None) < 60
+    share = _wait_value(prometheus, 'sum(model_label:ocellus_predictions:share1h{model="tiny"})',
+                        None)
+    assert abs(share - 1) < 1e-9
+    assert 0 <= _wait_value(prometheus, 'model:ocellus_image_mean_brightness_ratio:mean1h'
+                            '{model="tiny"}', None) <= 1
