@@ -20,7 +20,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("serve",): ("service.cli", "get_args_parser", "main",
                  "serve models over HTTP (FastAPI + uvicorn)"),
     ("predict",): ("cli.predict", "get_args_parser", "main",
-                   "run an export on image files and print JSON"),
+                   "image files → JSON lines, in this process or from a server (--url)"),
     # One per task of the table: its training module (`models.tasks.Task.train`).
     **{("train", task.name): (task.train, "get_args_parser", "main",
                               f"fine-tune a pretrained backbone for {task.name!r}; export it")
