@@ -270,3 +270,21 @@ def test_a_full_disk_while_spooling_an_upload_is_507(tight_server) -> None:
     assert r.status_code == 507, r.text
     assert r.json()["error"]["code"] == "insufficient_storage"
     assert tight_server.alive()
+
+
+@pytest.fixture(scope="module")
+def single_server(start_server, tiny):
+    """One inference request in flight at most."""
+    return start_server("--model", str(tiny), env={**QUICK_START, "OCELLUS_MAX_IN_FLIGHT": "1"})
+
+
+def test_back_to_back_requests_at_the_cap_are_never_refused(single_server) -> None:
+    """A place is free once its answer is sent: a client that sends its next request the
+    moment the last answer arrives (keep-alive) never finds it still taken. Freed only
+    after the app returned, 12 of 300 such requests were refused."""
+    with httpx.Client(timeout=30) as client:
+        statuses = [client.post(f"{single_server.url}/v1/classify",
+                                files={"file": ("a.png", _png())}).status_code
+                    for _ in range(300)]
+    assert statuses.count(200) == len(statuses), {s: statuses.count(s) for s in set(statuses)}
+    assert _metric(single_server.url, "ocellus_requests_in_flight") == 0
