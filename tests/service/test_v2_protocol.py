@@ -215,3 +215,41 @@ def test_v2_requests_are_counted_by_route_template(tiny: str) -> None:
     assert 'method="POST",route="/v2/models/{name}/infer",status="200"' in metrics
     assert any(line.startswith("ocellus_predictions_total{") and 'model="tiny"' in line
                for line in metrics.splitlines())
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_kserve_rest_client_gets_v1s_answer(tiny: str, binary: bool) -> None:
+    """KServe's own SDK (InferenceRESTClient, protocol v2), unmodified."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+    from kserve.protocol.infer_type import RequestedOutput
+
+    photo = DOG.read_bytes()
+    headers = {"X-API-Key": API_KEY}
+
+    async def ask():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+        try:
+            image = InferInput("image", [1], "BYTES")
+            image.set_data_from_numpy(np.array([photo if binary else base64.b64encode(photo)],
+                                               dtype=np.object_), binary_data=binary)
+            request = InferRequest("tiny", [image], request_id="ks-1", parameters={"top_k": 2},
+                                   request_outputs=[RequestedOutput(n, {"binary_data": binary})
+                                                    for n in ("labels", "scores")])
+            ready = await client.is_model_ready(tiny, "tiny", headers=dict(headers))
+            # A copy: the client writes its content type into the dict it is given.
+            return ready, await client.infer(tiny, request, model_name="tiny",
+                                             headers=dict(headers))
+        finally:
+            await client.close()
+
+    ready, response = asyncio.run(ask())
+    assert ready and response.id == "ks-1"
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    r = httpx.post(f"{tiny}/v1/classify", params={"top_k": 2}, headers=headers,
+                   files={"file": ("dog.jpg", photo)}, timeout=60)
+    assert r.status_code == 200, r.text
+    expected = r.json()["results"][0]["predictions"]
+    assert [_text(x) for x in outputs["labels"][0]] == [p["label"] for p in expected]
+    np.testing.assert_allclose(outputs["scores"][0], [p["score"] for p in expected], atol=1e-6)
