@@ -195,7 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.max_in_flight,
                        metrics=app.state.metrics)
     app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)
-    app.add_middleware(V2ErrorMiddleware)  # outside every error it reshapes
+    app.add_middleware(V2ErrorMiddleware)  # outside the middleware whose errors it reshapes
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     build_openapi = app.openapi
     app.openapi = lambda: document_upload_limits(  # the routes' body, with these limits

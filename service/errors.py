@@ -2,6 +2,9 @@
 
 ``{"error": {"status": 415, "code": "unsupported_media_type", "message": "..."}}``.
 Expected errors become 4xx; anything else is logged and returned as a plain 500.
+Under ``/v2`` the Open Inference Protocol's shape, ``{"error": "..."}``, is given
+instead (`v2_error`; `service.middleware.V2ErrorMiddleware` reshapes the errors
+made before the route is reached).
 """
 
 from __future__ import annotations
@@ -63,6 +66,16 @@ def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "code": code, "message": message}},
                         status_code=status, headers=headers)
+
+
+def is_v2(path: str) -> bool:
+    """A path of the Open Inference Protocol's routes (service/routes/v2.py)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def v2_error(message: str) -> dict[str, str]:
+    """The Open Inference Protocol's error body."""
+    return {"error": message}
 
 
 def disconnected_response(when: str) -> JSONResponse:
@@ -153,4 +166,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if is_v2(request.url.path):  # answered outside V2ErrorMiddleware, so shaped here
+            return JSONResponse(v2_error("internal server error"), status_code=500)
         return error_response(500, "internal_error", "internal server error")

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.tasks import TASKS
-from service.errors import disconnected_response, error_response
+from service.errors import disconnected_response, error_response, is_v2, v2_error
 from service.metrics import Metrics
 
 # Each task's route, as the task table names it: /v1/classify, /v1/detect; and the
@@ -33,14 +33,15 @@ class V2ErrorMiddleware:
     The service's one error shape (service/errors.py) is made everywhere, by the
     handlers and by the middleware outside the routes (413, 401, 503); here, for a
     ``/v2`` path, its message becomes the protocol's error. Status and headers
-    (Retry-After) stay.
+    (Retry-After) stay. An unhandled error's 500 is answered outside this
+    middleware, and shaped by its handler.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v2"):
+        if scope["type"] != "http" or not is_v2(scope["path"]):
             await self.app(scope, receive, send)
             return
         start: Message | None = None
@@ -60,7 +61,7 @@ class V2ErrorMiddleware:
             body = b"".join(chunks)
             try:
                 error = json.loads(body)["error"]
-                body = json.dumps({"error": error["message"]}).encode()
+                body = json.dumps(v2_error(error["message"])).encode()
             except (ValueError, KeyError, TypeError):
                 pass  # not the service's shape: as it is
             headers = [(k, v) for k, v in start.get("headers", ())
@@ -158,7 +159,10 @@ class InFlightLimitMiddleware:
     inference request that would be one more than `max_in_flight` at once.
 
     Everything after admission (upload, decode, queue) is bounded by other limits;
-    this one bounds how many requests hold memory and sockets at the same time.
+    this one bounds how many requests hold memory and sockets at the same time. A
+    place is freed when its answer has been sent, before the request's clean-up
+    (closing its spooled upload files), so for a moment up to twice as many
+    requests may still hold their uploads.
     Its count is the ``ocellus_requests_in_flight`` gauge.
     """
 
@@ -195,8 +199,9 @@ class InFlightLimitMiddleware:
             await send(message)
             # Free once the answer is out: the client may send its next request at once
             # (keep-alive), before this request's own clean-up has run, and would find
-            # its place still taken (measured: 12 of 300 back-to-back requests refused
-            # at OCELLUS_MAX_IN_FLIGHT=1 when the place was freed after the app returned).
+            # its place still taken (measured: 12 and 16 of 300 back-to-back requests
+            # refused at OCELLUS_MAX_IN_FLIGHT=1 when the place was freed after the app
+            # returned).
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 release()
 

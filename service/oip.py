@@ -26,6 +26,7 @@ from __future__ import annotations
 import binascii
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
 from typing import Any
 
+import anyio
 import numpy as np
 from starlette.datastructures import UploadFile
 
@@ -41,6 +43,13 @@ from service.errors import RequestError
 INPUT = "image"
 HEADER_LENGTH = "inference-header-content-length"
 MAX_JSON_BYTES = 16 * 1024 * 1024
+# With binary data, the JSON part only describes the tensors.
+MAX_HEADER_BYTES = 64 * 1024
+# A request's JSON holds a few objects and lists and one string per image: more
+# brackets, braces, quotes and commas than this is not one, and is refused before
+# parsing (16 MiB of "[{},{},...]" would parse into about 330 MB of Python objects).
+MAX_JSON_TOKENS = 20_000
+INFLATE_STEP = 1024 * 1024
 SPOOL_BYTES = 1024 * 1024
 EXTENSIONS = ("binary_tensor_data",)
 _NUMPY = {"FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
@@ -91,24 +100,35 @@ async def spool_body(stream: AsyncIterator[bytes], encoding: str | None,
     inflater = zlib.decompressobj(wbits) if wbits is not None else None
     spool = SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115 - the caller closes it
     size = 0
+
+    def take(chunk: bytes) -> None:
+        """Inflate (at most `INFLATE_STEP` at a time) and write one received chunk."""
+        nonlocal size
+        while chunk:
+            if inflater is None:
+                data, chunk = chunk, b""
+            else:
+                try:
+                    data = inflater.decompress(chunk, min(INFLATE_STEP, max_bytes - size + 1))
+                except zlib.error as exc:
+                    raise _bad(f"the {encoding} body is corrupt: {exc}") from None
+                chunk = inflater.unconsumed_tail
+            size += len(data)
+            if size > max_bytes:
+                raise _bad(f"request body too large: over the limit of {max_bytes} bytes"
+                           + (" once inflated" if inflater else ""), 413, "too_large")
+            spool.write(data)
+            if inflater is not None and (not data or inflater.eof):
+                if inflater.eof and (chunk or inflater.unused_data):
+                    raise _bad(f"bytes after the end of the {encoding} stream")
+                break
+
     try:
         async for chunk in stream:
-            while chunk:
-                if inflater is None:
-                    data, chunk = chunk, b""
-                else:
-                    try:  # at most one byte past the limit, however far it would inflate
-                        data = inflater.decompress(chunk, max_bytes - size + 1)
-                    except zlib.error as exc:
-                        raise _bad(f"the {encoding} body is corrupt: {exc}") from None
-                    chunk = inflater.unconsumed_tail
-                size += len(data)
-                if size > max_bytes:
-                    raise _bad(f"request body too large: over the limit of {max_bytes} bytes"
-                               + (" once inflated" if inflater else ""), 413, "too_large")
-                spool.write(data)
-                if inflater is not None and not data:
-                    break
+            # Off the event loop: past 1 MB each write goes to disk, and inflating is CPU.
+            await anyio.to_thread.run_sync(take, chunk)
+        if inflater is not None and not inflater.eof:
+            raise _bad(f"the {encoding} body ends before its stream does (truncated)")
     except BaseException:
         spool.close()
         raise
@@ -121,46 +141,59 @@ def _json_part(spool: Any, header_length: str | None) -> tuple[dict[str, Any], i
     spool.seek(0, 2)
     total = spool.tell()
     if header_length is None:
-        length = total
-    elif header_length.strip().isdigit() and int(header_length) <= total:
-        length = int(header_length)
+        length, limit = total, MAX_JSON_BYTES
+    elif re.fullmatch(r"[0-9]{1,12}", header_length.strip()) and int(header_length) <= total:
+        length, limit = int(header_length), MAX_HEADER_BYTES
     else:
         raise _bad(f"Inference-Header-Content-Length must be a byte count within the body "
                    f"({total} bytes), got {header_length!r}")
-    if length > MAX_JSON_BYTES:
-        raise _bad(f"the JSON part is {length} bytes, over the limit of {MAX_JSON_BYTES}: "
-                   f"send images as binary tensor data (tritonclient: binary_data=True)",
-                   413, "too_large")
+    if length > limit:
+        raise _bad(f"the JSON part is {length} bytes, over the limit of {limit}"
+                   + ("" if header_length else ": send images as binary tensor data "
+                      "(tritonclient: binary_data=True)"), 413, "too_large")
     spool.seek(0)
+    raw = spool.read(length)
+    if sum(raw.count(c) for c in (b"{", b"[", b'"', b",")) > MAX_JSON_TOKENS:
+        raise _bad(f"the JSON part has more than {MAX_JSON_TOKENS} brackets, quotes and "
+                   f"commas: not an inference request of at most a few images")
     try:
-        body = json.loads(spool.read(length))
-    except (UnicodeDecodeError, ValueError) as exc:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _bad(f"the request is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise _bad("the request must be a JSON object with \"inputs\"")
     return body, length
 
 
-def _flat(data: Any) -> list[Any]:
-    """A tensor's JSON data, row-major: nested lists flattened."""
-    if not isinstance(data, list):
-        return [data]
-    return [x for item in data for x in _flat(item)]
+def _strings(data: Any, shape: list[int]) -> list[str]:
+    """A BYTES tensor's JSON data as its N strings: ``[s, ...]`` for shape ``[N]``,
+    ``[[s], ...]`` or flat for ``[N, 1]``."""
+    if isinstance(data, list) and len(shape) == 2:
+        data = [x[0] if isinstance(x, list) and len(x) == 1 else x for x in data]
+    if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+        raise _bad(f"input {INPUT!r}: JSON data must be base64 strings, one per image")
+    if len(data) != math.prod(shape):
+        raise _bad(f"input {INPUT!r}: shape {shape} holds {math.prod(shape)} images, the "
+                   f"data {len(data)}")
+    return data
 
 
 def _element_file(data: bytes | None, source: Any = None, length: int = 0) -> Any:
     """One image's bytes in a spooled file of its own (`data`, or `length` bytes of
     `source`), as a multipart part is kept."""
     spool = SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115 - closed by InferRequest.close
-    if data is not None:
-        spool.write(data)
-    else:
+    try:
+        if data is not None:
+            spool.write(data)
         while length:
             block = source.read(min(length, 1 << 20))
             if not block:
                 raise _bad("the binary tensor data ended early")
             spool.write(block)
             length -= len(block)
+    except BaseException:
+        spool.close()
+        raise
     spool.seek(0)
     return spool
 
@@ -195,7 +228,10 @@ def parse_infer_request(spool: Any, header_length: str | None, *, max_files: int
     if count > max_files:
         raise _bad(f"too many images: the limit is {max_files} per request, got {count}",
                    413, "too_many_files")
-    params = tensor.get("parameters") or {}
+    params = tensor.get("parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise _bad(f"input {INPUT!r}: \"parameters\" must be an object")
     images: list[UploadFile] = []
     spools: list[Any] = []
     try:
@@ -220,10 +256,7 @@ def parse_infer_request(spool: Any, header_length: str | None, *, max_files: int
                     raise _bad(f"image[{len(spools)}]: its length runs past the tensor's data")
                 spools.append(_element_file(None, spool, length))
         else:
-            data = _flat(tensor.get("data"))
-            if not all(isinstance(x, str) for x in data):
-                raise _bad(f"input {INPUT!r}: JSON data must be base64 strings, one per image")
-            for i, text in enumerate(data[:count]):
+            for i, text in enumerate(_strings(tensor.get("data"), shape)):
                 try:
                     raw = binascii.a2b_base64(text, strict_mode=True)
                 except (binascii.Error, ValueError) as exc:
@@ -234,14 +267,17 @@ def parse_infer_request(spool: Any, header_length: str | None, *, max_files: int
                                f"{max_upload_bytes} bytes per image", 413, "too_large")
                 spools.append(_element_file(raw))
         if len(spools) != count:
-            raise _bad(f"input {INPUT!r}: shape {shape} holds {count} images, the data "
-                       f"{len(spools) if 'binary_data_size' in params else len(data)}")
+            raise _bad(f"input {INPUT!r}: shape {shape} holds {count} images, the binary "
+                       f"data {len(spools)}")
         images = [UploadFile(s, filename=f"image[{i}]") for i, s in enumerate(spools)]
         parameters = body.get("parameters") or {}
         outputs = body.get("outputs")
         if not isinstance(parameters, dict) or not (outputs is None or isinstance(outputs, list)
-                                                    and all(isinstance(o, dict) for o in outputs)):
-            raise _bad("\"parameters\" must be an object and \"outputs\" a list of objects")
+                                                    and all(isinstance(o, dict) and isinstance(
+                                                        o.get("parameters", {}), dict | None)
+                                                        for o in outputs)):
+            raise _bad("\"parameters\" must be an object, and \"outputs\" a list of objects "
+                       "with \"name\" and optional \"parameters\" objects")
         binary = parameters.get("binary_data_output", False) is True
         wanted = None if outputs is None else {
             str(o.get("name")): (o.get("parameters") or {}).get("binary_data", binary) is True
@@ -255,16 +291,17 @@ def parse_infer_request(spool: Any, header_length: str | None, *, max_files: int
         raise
 
 
-Tensors = dict[str, tuple[str, list[int], list[Any]]]
+# An output's shape and row-major data; its datatype is `OUTPUTS`'.
+Tensors = dict[str, tuple[list[int], list[Any]]]
 
 
 def classify_tensors(results: list[list[Any]]) -> Tensors:
     """Top-k classes per image (objects with ``label``, ``index``, ``score``) as
     ``[N, k]`` tensors."""
-    k = len(results[0]) if results else 0
-    return {"labels": ("BYTES", [len(results), k], [c.label for r in results for c in r]),
-            "scores": ("FP32", [len(results), k], [c.score for r in results for c in r]),
-            "class_ids": ("INT64", [len(results), k], [c.index for r in results for c in r])}
+    shape = [len(results), len(results[0]) if results else 0]
+    return {"labels": (shape, [c.label for r in results for c in r]),
+            "scores": (shape, [c.score for r in results for c in r]),
+            "class_ids": (shape, [c.index for r in results for c in r])}
 
 
 def detect_tensors(results: list[list[Any]]) -> Tensors:
@@ -272,19 +309,29 @@ def detect_tensors(results: list[list[Any]]) -> Tensors:
     padded to the most detections of any image, with ``num_detections`` per image
     (the layout of TensorRT's EfficientNMS outputs)."""
     n, most = len(results), max((len(r) for r in results), default=0)
-    pad = [[None] * (most - len(r)) for r in results]
-    rows = [list(r) + p for r, p in zip(results, pad, strict=True)]
+    rows = [list(r) + [None] * (most - len(r)) for r in results]
     return {
-        "num_detections": ("INT32", [n], [len(r) for r in results]),
-        "boxes": ("FP32", [n, most, 4], [x for row in rows for d in row
-                                         for x in (d.box if d else (0.0,) * 4)]),
-        "scores": ("FP32", [n, most], [d.score if d else 0.0 for row in rows for d in row]),
-        "class_ids": ("INT64", [n, most], [d.class_id if d else -1 for row in rows
-                                           for d in row]),
-        "labels": ("BYTES", [n, most], [d.label if d else "" for row in rows for d in row])}
+        "num_detections": ([n], [len(r) for r in results]),
+        "boxes": ([n, most, 4], [x for row in rows for d in row
+                                 for x in (d.box if d else (0.0,) * 4)]),
+        "scores": ([n, most], [d.score if d else 0.0 for row in rows for d in row]),
+        "class_ids": ([n, most], [d.class_id if d else -1 for row in rows for d in row]),
+        "labels": ([n, most], [d.label if d else "" for row in rows for d in row])}
 
 
+# Each task's outputs from its results; their names and datatypes are `OUTPUTS`'.
 TENSORS = {"classify": classify_tensors, "detect": detect_tensors}
+
+
+def check_outputs(task: str, request: InferRequest) -> None:
+    """Refuse, before any work, outputs that the task does not have.
+
+    Raises:
+        RequestError: An unknown output name (400).
+    """
+    unknown = [n for n in request.outputs or () if n not in OUTPUTS[task]]
+    if unknown:
+        raise _bad(f"unknown outputs {unknown}: this model's are {list(OUTPUTS[task])}")
 
 
 def _bytes_element(value: str) -> bytes:
@@ -292,25 +339,22 @@ def _bytes_element(value: str) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def encode_outputs(tensors: Tensors, request: InferRequest,
+def encode_outputs(task: str, results: list[Any], request: InferRequest,
                    head: dict[str, Any]) -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when binary data follows it.
 
     Args:
-        tensors: Every output of the task: name → (datatype, shape, flat data).
-        request: Which outputs were asked for, and in which form.
+        task: The model's task: which outputs (`OUTPUTS`, `TENSORS`).
+        results: One result per image, as the task's predictor gives them.
+        request: Which outputs were asked for (`check_outputs`), and in which form.
         head: The response's other fields (model_name, model_version, id).
-
-    Raises:
-        RequestError: An output that the model does not have (400).
     """
-    names = list(tensors) if request.outputs is None else list(request.outputs)
-    unknown = [n for n in names if n not in tensors]
-    if unknown:
-        raise _bad(f"unknown outputs {unknown}: this model's are {list(tensors)}")
+    tensors = TENSORS[task](results)
+    names = list(OUTPUTS[task]) if request.outputs is None else list(request.outputs)
     described, blobs = [], []
     for name in names:
-        datatype, shape, data = tensors[name]
+        datatype = OUTPUTS[task][name][0]
+        shape, data = tensors[name]
         binary = request.binary_output if request.outputs is None else request.outputs[name]
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:

@@ -118,6 +118,16 @@ class RegistryHistory(BaseModel):
                                          "first: action, version, reason, at")
 
 
+class Sample(BaseModel):
+    labels: dict[str, str]
+    value: float
+
+
+class Stats(BaseModel):
+    time: float = Field(description="Unix time of the reading")
+    metrics: dict[str, list[Sample]] = Field(description="samples by sample name")
+
+
 class Status(BaseModel):
     status: str
 

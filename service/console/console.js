@@ -100,8 +100,11 @@ function select(tab) {
 tabs.forEach((tab, i) => {
   tab.addEventListener("click", () => select(tab));
   tab.addEventListener("keydown", (e) => {
-    const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
-    if (step) select(tabs[(i + step + tabs.length) % tabs.length]);
+    const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+    if (to !== undefined) {
+      e.preventDefault();
+      select(tabs[(to + tabs.length) % tabs.length]);
+    }
   });
 });
 
@@ -159,6 +162,7 @@ drop.addEventListener("drop", (e) => { e.preventDefault(); choose(e.dataTransfer
 
 const COLORS = (id) => `hsl(${(id * 67) % 360} 85% 45%)`;
 const hidden = new Set();  // class ids not drawn
+const shown = [];  // object URLs of the photos on the page, revoked when replaced
 const drawn = [];  // redraw functions of the detection cards
 
 function query(model) {
@@ -233,11 +237,13 @@ async function runOne(file, model, q) {
   const r = await api(`${model.task === "classify" ? "/v1/classify" : "/v1/detect"}?${q}`,
                       { method: "POST", body: form });
   const img = el("img", { src: URL.createObjectURL(file), alt: file.name });
+  shown.push(img.src);
   const card = el("article", { class: "card", "data-file": file.name },
     el("h2", {}, file.name), el("div", { class: "stage" }, img));
-  if (!r.ok) {
+  if (!r.ok || !r.data) {
     img.remove();
-    card.append(el("p", { class: "error", role: "alert" }, r.error));
+    card.append(el("p", { class: "error", role: "alert" },
+                   r.error || `The service answered ${r.status} without a JSON body.`));
   } else {
     const result = r.data.results[0];
     card.append(el("p", { class: "meta" },
@@ -245,7 +251,7 @@ async function runOne(file, model, q) {
     if (model.task === "classify") classifyCard(card, result); else detectCard(card, img, result);
   }
   card.dataset.latencyMs = String(Math.round(r.ms));
-  return { card, result: r.ok ? r.data.results[0] : null };
+  return { card, result: r.ok && r.data ? r.data.results[0] : null };
 }
 
 $("#try-form").addEventListener("submit", async (e) => {
@@ -258,16 +264,22 @@ $("#try-form").addEventListener("submit", async (e) => {
   showError("#try-error", "");
   $("#run").disabled = true;
   drawn.length = 0;
+  shown.splice(0).forEach((url) => URL.revokeObjectURL(url));
   const q = query(model);
   const results = $("#results");
   results.replaceChildren();
   const done = [];
-  for (let i = 0; i < files.length; i += 4) {  // four requests at a time
-    const batch = await Promise.all(files.slice(i, i + 4).map((f) => runOne(f, model, q)));
-    for (const b of batch) { results.append(b.card); done.push(b.result); }
+  try {
+    for (let i = 0; i < files.length; i += 4) {  // four requests at a time
+      const batch = await Promise.all(files.slice(i, i + 4).map((f) => runOne(f, model, q)));
+      for (const b of batch) { results.append(b.card); done.push(b.result); }
+    }
+    renderToggles(done.filter(Boolean));
+  } catch (exc) {
+    showError("#try-error", `Something went wrong showing the answer (${exc.message}).`);
+  } finally {
+    $("#run").disabled = false;
   }
-  renderToggles(done.filter(Boolean));
-  $("#run").disabled = false;
 });
 
 // models.js and ops.js (deferred, after this file) define renderModels and pollStats.

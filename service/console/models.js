@@ -63,21 +63,24 @@ async function registryPart(model, box) {
   }
   const h = r.data;
   const status = el("p", { role: "status" });
+  const buttons = [];
   const act = (what) => async () => {
+    if (what === "rollback" && !confirm(`Roll ${model.name} back to the version before ${h.current}?`)) return;
+    buttons.forEach((b) => { b.disabled = true; });  // one action at a time
     status.textContent = `${what}…`;
     const res = await api(`/v1/models/${encodeURIComponent(model.name)}/${what}`,
                           { method: "POST", admin: true });
     status.textContent = res.ok ? `${what}: now serving version ${res.data.version} (${res.data.status})`
       : res.error;
-    if (res.ok) loadModels();
+    if (res.ok) loadModels(); else buttons.forEach((b) => { b.disabled = false; });
   };
+  buttons.push(el("button", { type: "button", onclick: act("reload") }, "Reload"),
+               el("button", { type: "button", onclick: act("rollback") }, "Roll back"));
   box.replaceChildren(
     el("p", {}, `Current: ${h.current ?? "none"} · versions: ${h.versions.join(", ") || "none"}`),
     table(["when", "action", "version", "reason"], h.events.slice().reverse().map((e) =>
       [e.at || "", e.action || "", e.version || "", e.reason || ""])),
-    el("div", { class: "actions" },
-      el("button", { type: "button", onclick: act("reload") }, "Reload"),
-      el("button", { type: "button", onclick: act("rollback") }, "Roll back")),
+    el("div", { class: "actions" }, buttons),
     status);
 }
 

@@ -12,7 +12,7 @@ const samples = (stats, name, where = () => true) =>
   (stats.metrics[name] || []).filter((s) => where(s.labels));
 const total = (list) => list.reduce((a, s) => a + s.value, 0);
 const INFERENCE = (l) => l.route === "/v1/classify" || l.route === "/v1/detect"
-  || (l.route || "").startsWith("/v2/models/");
+  || /^\/v2\/models\/.*\/infer$/.test(l.route || "");
 
 function delta(name, where) {
   const now = total(samples(previous.now, name, where));
@@ -90,7 +90,9 @@ function renderStats() {
   const seconds = (previous.now.time - previous.before.time) || 1;
   const stats = previous.now;
   const requests = delta("ocellus_http_requests_total", INFERENCE);
-  const errors = delta("ocellus_http_requests_total", (l) => INFERENCE(l) && Number(l.status) >= 500);
+  // 503s are refusals (overloaded, timeout, loading), counted under "refused" instead.
+  const errors = delta("ocellus_http_requests_total",
+    (l) => INFERENCE(l) && Number(l.status) >= 500 && Number(l.status) !== 503);
   const p50 = quantile(0.5, "ocellus_http_request_duration_seconds", INFERENCE);
   const p99 = quantile(0.99, "ocellus_http_request_duration_seconds", INFERENCE);
   const ms = (x) => (x === null ? "–" : `${(1000 * x).toFixed(0)} ms`);
@@ -105,7 +107,7 @@ function renderStats() {
     tile("latency p50", ms(p50)), tile("latency p99", ms(p99)),
     tile("in flight", total(samples(stats, "ocellus_requests_in_flight"))),
     tile("queued images", total(samples(stats, "ocellus_queue_depth"))),
-    tile("server errors/s", (errors / seconds).toFixed(2)),
+    tile("server errors/s (5xx but 503)", (errors / seconds).toFixed(2)),
     tile("refused/s", (rejected.reduce((a, [, n]) => a + n, 0) / seconds).toFixed(2)),
     ...rejected.filter(([, n]) => n > 0).map(([reason, n]) =>
       tile(`refused: ${reason}/s`, (n / seconds).toFixed(2))));

@@ -3,8 +3,8 @@
 ========================  =============================  =========
 module                    paths                          tags
 ========================  =============================  =========
-console.py                / (the web console),           console
-                          /v1/stats
+console.py                / (the web console)            console
+stats.py                  GET /v1/stats                  models
 health.py                 /healthz, /readyz              health
 metrics.py                /metrics                       (not in the schema)
 models.py                 GET /v1/models                 models
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import admin, classify, console, detect, health, metrics, models, v2
+from service.routes import admin, classify, console, detect, health, metrics, models, stats, v2
 
 # In this order in the OpenAPI schema.
-ROUTERS: tuple[APIRouter, ...] = (console.router, health.router, models.router, metrics.router,
+ROUTERS: tuple[APIRouter, ...] = (console.router, health.router, models.router, stats.router,
+                                  metrics.router,
                                   classify.router, detect.router, admin.router, v2.router)

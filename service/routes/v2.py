@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -31,7 +32,8 @@ from service.oip import (
     HEADER_LENGTH,
     INPUT,
     OUTPUTS,
-    TENSORS,
+    InferRequest,
+    check_outputs,
     encode_outputs,
     parse_infer_request,
     spool_body,
@@ -113,25 +115,30 @@ async def model_ready(store: StoreDep, name: str, version: str | None = None) ->
     return V2ModelReady(name=served.name, ready=True)
 
 
-def _options(task: str, parameters: dict[str, Any]) -> Any:
-    """The task's options from the request's parameters (service/options.py).
+def _postprocess_options(served: ServedModel, parameters: dict[str, Any],
+                         settings: Any) -> dict[str, Any]:
+    """The task's options from the request's parameters (service/options.py), as the
+    postprocess arguments.
 
     Raises:
         RequestError: A parameter out of its bounds or of the wrong type (400).
     """
     params = dict(parameters)
     classes = params.get("classes")  # ids as numbers, or strings as /v1 takes them
-    if isinstance(classes, int | str):
+    if isinstance(classes, int | str) and not isinstance(classes, bool):
         classes = [classes]
-    if isinstance(classes, list):
-        params["classes"] = [c if isinstance(c, str) else str(c) for c in classes
-                             if isinstance(c, int | str) and not isinstance(c, bool)]
+    if isinstance(classes, list):  # anything else stays, for the model to refuse
+        params["classes"] = [str(c) if isinstance(c, int) and not isinstance(c, bool) else c
+                             for c in classes]
     try:
-        return OPTIONS[task].model_validate(params)
+        options = OPTIONS[served.task].model_validate(params)
+        return options.postprocess_options(settings, len(served.predictor.labels))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors())
         raise RequestError(f"parameters: {problems}", status=400, code="bad_request") from None
+    except RequestError as exc:  # a class id out of range: the protocol's 400, not 422
+        raise RequestError(f"parameters: {exc}", status=400, code="bad_request") from None
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
@@ -174,22 +181,28 @@ async def infer(request: Request, inference: InferenceDep, name: str,
     _served(inference.store, name, version)  # a wrong name costs no body read
     spool = await spool_body(request.stream(), request.headers.get("content-encoding"),
                              settings.max_request_bytes)
-    try:
-        parsed = await inference.pool.run(
-            lambda: parse_infer_request(spool, request.headers.get(HEADER_LENGTH),
-                                        max_files=settings.max_files,
-                                        max_upload_bytes=settings.max_upload_bytes))
-    finally:
-        spool.close()
+
+    def parse() -> InferRequest:
+        try:
+            return parse_infer_request(spool, request.headers.get(HEADER_LENGTH),
+                                       max_files=settings.max_files,
+                                       max_upload_bytes=settings.max_upload_bytes)
+        finally:  # in the thread that reads it, however the request ends
+            spool.close()
+
+    # Shielded: a client gone while this runs must not leave its images' spooled files
+    # unclosed (they are closed below once the request is over, cancelled or not).
+    with anyio.CancelScope(shield=True):
+        parsed = await inference.pool.run(parse)
     try:
         with inference.use(name, None) as served:
             _check_version(served, version)
-            options = _options(served.task, parsed.parameters)
-            _, results = await inference.run(served, parsed.images, **options.postprocess_options(
-                settings, len(served.predictor.labels)))
+            check_outputs(served.task, parsed)
+            options = _postprocess_options(served, parsed.parameters, settings)
+            _, results = await inference.run(served, parsed.images, **options)
             head = {"model_name": served.name, "model_version": str(served.manifest.version),
                     **({"id": parsed.id} if parsed.id is not None else {})}
-            body, header_length = encode_outputs(TENSORS[served.task](results), parsed, head)
+            body, header_length = encode_outputs(served.task, results, parsed, head)
     finally:
         parsed.close()
     if header_length is None:

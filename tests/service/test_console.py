@@ -90,7 +90,7 @@ def test_detect_dog_draws_boxes_that_toggle(page, photos) -> None:
     page.get_by_role("button", name="Run").click()
     canvas = page.locator("article.card[data-file='dog.jpg'] canvas")
     canvas.wait_for()
-    page.wait_for_function("document.querySelector('canvas').dataset.boxes > 0")
+    page.locator("canvas[data-boxes]:not([data-boxes='0'])").wait_for()
     labels = page.locator(".detections li").all_inner_texts()
     assert any(t.startswith("dog") for t in labels) and any(t.startswith("bicycle")
                                                             for t in labels), labels
@@ -138,7 +138,7 @@ def test_operations_page_and_keyboard(page, photos) -> None:
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     assert page.get_by_role("tab", name="Operations").get_attribute("aria-selected") == "true"
-    page.wait_for_function("document.querySelectorAll('#tiles .tile').length >= 7")
+    page.locator("#tiles .tile").nth(6).wait_for()
     page.locator("#ops-models article[data-model='imagenet'] .bars li").first.wait_for()
     tiles = page.locator("#tiles").inner_text()
     assert "latency p99" in tiles and "queued images" in tiles, tiles
@@ -152,7 +152,7 @@ def test_reads_at_phone_width(page, photos) -> None:
     page.select_option("#model", _models(page)["detect"])
     page.set_input_files("#files", str(photos["dog"]))
     page.get_by_role("button", name="Run").click()
-    page.wait_for_function("(document.querySelector('canvas') || {dataset: {}}).dataset.boxes > 0")
+    page.locator("canvas[data-boxes]:not([data-boxes='0'])").wait_for()
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{overflow}px wider than the phone's screen"
     page.screenshot(path=ARTIFACTS / "phone-detect.png", full_page=True)
@@ -192,9 +192,9 @@ def test_keys_history_and_rollback(browser, registry_server) -> None:
     page.get_by_label("Admin token").press("Tab")
     card.get_by_role("button", name="Roll back").wait_for()
     assert "Current: 2" in card.inner_text() and "promote" in card.inner_text()
+    page.once("dialog", lambda dialog: dialog.accept())  # "Roll tiny back ...?"
     card.get_by_role("button", name="Roll back").click()
-    page.wait_for_function("document.querySelector(\"#model-list article[data-model='tiny']\")"
-                           ".innerText.includes('Current: 1')")
+    page.locator("#model-list article[data-model='tiny']").get_by_text("Current: 1").wait_for()
     assert "version 1" in page.locator("#model-list article[data-model='tiny'] h2").inner_text()
     page.screenshot(path=ARTIFACTS / "models-registry.png", full_page=True)
     context.close()

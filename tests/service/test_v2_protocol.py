@@ -188,10 +188,28 @@ def test_tiny_model_classifies_with_keys_versions_and_gzip(tiny: str) -> None:
      {"Content-Encoding": "gzip"}, 413, "once inflated"),
     (b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, 400, "corrupt"),
     (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+    (b"\x00" * 16, {"Inference-Header-Content-Length": "\u00b2".encode("latin-1")}, 400,
+     "Header-Content-Length"),
+    (b"{\"inputs\": " + b"[" * 100_000 + b"]" * 100_000 + b"}", None, 400, "brackets"),
+    (b"[" * 5_000 + b"]" * 5_000, None, 400, "not valid JSON"),
+    (b"[" + b"{}," * 50_000 + b"{}]", None, 400, "brackets"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": 5,
+                  "data": [base64.b64encode(png_bytes()).decode()]}]}, None, 400, "parameters"),
+    (_request(png_bytes(), outputs=[{"name": "labels", "parameters": []}]), None, 400,
+     "outputs"),
+    ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                  "data": [base64.b64encode(png_bytes()).decode()] * 2}]}, None, 400,
+     "holds 1 images"),
+    (gzip.compress(json.dumps(_request(png_bytes())).encode())[:-12],
+     {"Content-Encoding": "gzip"}, 400, "truncated"),
+    (gzip.compress(json.dumps(_request(png_bytes())).encode()) + b"junk",
+     {"Content-Encoding": "gzip"}, 400, "after the end"),
 ], ids=["top-k-0", "top-k-type", "too-many", "too-large-json", "not-image", "unknown-output",
         "bad-base64", "wrong-input", "bad-shape", "no-inputs", "not-object", "not-json",
         "header-length", "binary-size", "binary-extra", "binary-large", "binary-truncated",
-        "gzip-bomb", "gzip-corrupt", "brotli"])
+        "gzip-bomb", "gzip-corrupt", "brotli", "superscript-length", "deep-nesting",
+        "deep-list", "many-objects", "input-params-type", "output-params-type", "data-count",
+        "gzip-truncated", "gzip-trailing"])
 def test_bad_requests_get_protocol_errors(tiny: str, body, headers, status, words) -> None:
     r = _post(tiny, body, headers)
     assert r.status_code == status, r.text
@@ -253,3 +271,19 @@ def test_kserve_rest_client_gets_v1s_answer(tiny: str, binary: bool) -> None:
     expected = r.json()["results"][0]["predictions"]
     assert [_text(x) for x in outputs["labels"][0]] == [p["label"] for p in expected]
     np.testing.assert_allclose(outputs["scores"][0], [p["score"] for p in expected], atol=1e-6)
+
+
+def test_detector_class_filters(detector_defaults_server) -> None:
+    url = detector_defaults_server.url
+    name = _models(url)["detect"]
+    dog = _request(DOG.read_bytes())
+    for classes, status in (([16], 200), ("16, 1", 200), ([1.5], 400), ([80], 400),
+                            (["x"], 400), (True, 400)):
+        r = _post(url, {**dog, "parameters": {"classes": classes, "conf": 0.3}},
+                  path=f"/v2/models/{name}/infer")
+        assert r.status_code == status, (classes, r.text)
+        if status == 200:
+            labels = next(o for o in r.json()["outputs"] if o["name"] == "labels")["data"]
+            assert set(labels) - {""} <= {"dog", "bicycle"} and "dog" in labels, labels
+        else:
+            assert "classes" in r.json()["error"], r.text
