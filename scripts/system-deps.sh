@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests read real data from (Fashion-MNIST, darknet's
-# photos), Prometheus with its promtool, and Chromium. Idempotent: it does nothing when
-# they are present, and needs root (or sudo) otherwise.
+# photos), Prometheus with its promtool, nginx, and Chromium. Idempotent: it does
+# nothing when they are present, and needs root (or sudo) otherwise.
 set -euo pipefail
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
@@ -10,6 +10,8 @@ want=()
 # tests/deploy/test_prometheus.py starts a real Prometheus server; test_alerts.py and
 # test_deploy_config.py run its promtool (the same package) on the rules and the config.
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || want+=(prometheus)
+# tests/deploy/test_nginx.py runs nginx, with deploy/nginx/ocellus.conf, in front of replicas.
+[ -x /usr/sbin/nginx ] || want+=(nginx)
 # tests/service/test_console.py drives the web console in a real browser (Playwright).
 [ -x /usr/bin/chromium ] || want+=(chromium)
 # tests/deploy/test_deploy_config.py parses docker-compose.yml with a real compose CLI
