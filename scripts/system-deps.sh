@@ -14,6 +14,12 @@ want=()
 [ -x /usr/sbin/nginx ] || want+=(nginx)
 # tests/service/test_console.py drives the web console in a real browser (Playwright).
 [ -x /usr/bin/chromium ] || want+=(chromium)
+# tests/deploy/test_k8s.py renders deploy/k8s with kubectl's built-in kustomize v5: the
+# `kubectl` package of Google's Cloud SDK apt repository, which the project's machines
+# have. (Debian's kubernetes-client is kubectl 1.20, whose kustomize 2 cannot build the
+# overlays' `patches`.) Asked for only where an apt source offers it, so that its
+# absence fails that test, with a message, rather than this whole script.
+[ -x /usr/bin/kubectl ] || ! apt-cache show kubectl >/dev/null 2>&1 || want+=(kubectl)
 # tests/deploy/test_deploy_config.py parses docker-compose.yml with a real compose CLI
 # (`config` needs no Docker engine).
 # A docker client without its compose plugin does not count: check that compose answers.
