@@ -6,7 +6,6 @@ Helpers that tests import as functions are in helpers.py.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import QUICK_START, TINY_LABELS, make_tiny_export
+from helpers import QUICK_START, TINY_LABELS, free_port, make_tiny_export
 
 from models.export import Manifest
 
@@ -76,12 +75,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -7,9 +7,6 @@ Two replicas, one worker each: the supported way to run more than one process
 from __future__ import annotations
 
 import math
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,19 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import QUICK_START, png_bytes
+from helpers import QUICK_START, png_bytes, prometheus_query, prometheus_server
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "deploy/prometheus"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,61 +35,16 @@ def replicas(start_server, tiny_exports):
 def prometheus(replicas, tmp_path_factory) -> Iterator[str]:
     """The repo's config and rules, the targets swapped for the replicas, scraped and
     evaluated every second."""
-    if not Path(PROMETHEUS).exists():
-        pytest.fail("Debian's prometheus is missing: run `make system-deps`")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
-    job.pop("dns_sd_configs")
-    job["static_configs"] = [{"targets": [r.url.removeprefix("http://") for r in replicas]}]
-    job["scrape_interval"] = config["global"]["scrape_interval"] = "1s"
-    config["global"]["evaluation_interval"] = "1s"
-    # The rule files, beside the config as in the repo, with every group on the 1 s
-    # interval (not a group's own, which could delay its first evaluation by a minute).
-    for name in config["rule_files"]:
-        rules = yaml.safe_load((RULES_DIR / name).read_text())
-        for group in rules["groups"]:
-            group.pop("interval", None)
-        (tmp / name).write_text(yaml.safe_dump(rules))
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{_free_port()}"
-    with open(tmp / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address={url.removeprefix('http://')}"],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prometheus did not start:\n{(tmp / 'prometheus.log').read_text()}")
-            time.sleep(0.3)
+    with prometheus_server([r.url.removeprefix("http://") for r in replicas],
+                           tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _query(url: str, promql: str) -> list[dict]:
-    r = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
-    assert r.status_code == 200 and r.json()["status"] == "success", r.text
-    return r.json()["data"]["result"]
 
 
 def _wait_value(url: str, promql: str, want: float | None, timeout: float = 30) -> float:
     """Poll until the query has one sample (equal to `want` when given); bounded."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        last = _query(url, promql)
+        last = prometheus_query(url, promql)
         if len(last) == 1:
             value = float(last[0]["value"][1])
             if (want is None and math.isfinite(value)) or value == want:
@@ -126,7 +71,7 @@ def test_prometheus_counts_requests_of_every_replica(prometheus, replicas) -> No
     _classify(a, 2)
     _classify(b, 3)
     assert _wait_value(prometheus, ok, 9) == 9
-    per_instance = {r["metric"]["instance"]: float(r["value"][1]) for r in _query(
+    per_instance = {r["metric"]["instance"]: float(r["value"][1]) for r in prometheus_query(
         prometheus, 'sum by (instance) (ocellus_http_requests_total{route="/v1/classify"})')}
     assert sorted(per_instance.values()) == [3, 6]
     p99 = _wait_value(prometheus, 'histogram_quantile(0.99, sum by (le) (rate('
