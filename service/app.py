@@ -30,7 +30,7 @@ from service.middleware import (
     BodySizeLimitMiddleware,
     CancelOnDisconnectMiddleware,
     InFlightLimitMiddleware,
-    MetricsMiddleware,
+    RequestMiddleware,
     V2ErrorMiddleware,
 )
 from service.model_store import ModelStore, ServedModel
@@ -87,7 +87,8 @@ async def _load_models(store: ModelStore, settings: Settings, metrics: Metrics,
         try:
             paths = await anyio.to_thread.run_sync(model_paths, settings)
         except Exception as exc:  # e.g. the default model's weights cannot be had
-            log.error("the default models cannot be built: %s", exc)
+            log.error("the default models cannot be built: %s", exc,
+                      extra={"event": "model_refused", "model": "default", "reason": str(exc)})
             metrics.record_load("default", False)
             store.refuse("default", exc, path=settings.cache_dir, root=settings.cache_dir)
             paths = []
@@ -98,7 +99,8 @@ async def _load_models(store: ModelStore, settings: Settings, metrics: Metrics,
                 served = await anyio.to_thread.run_sync(_prepare, store, path)
             except Exception as exc:  # bad manifest, hash, weights: refuse this export only
                 name = await anyio.to_thread.run_sync(_name_of, path)
-                log.error("model %s (%s) refused: %s", name, path, exc)
+                log.error("model %s (%s) refused: %s", name, path, exc,
+                          extra={"event": "model_refused", "model": name, "reason": str(exc)})
                 metrics.record_load(name, False)
                 store.refuse(name, exc, path=Path(path).resolve(),
                              root=Path(path).resolve().parent)
@@ -196,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        metrics=app.state.metrics)
     app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)
     app.add_middleware(V2ErrorMiddleware)  # outside the middleware whose errors it reshapes
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestMiddleware, metrics=app.state.metrics)  # outermost
     build_openapi = app.openapi
     app.openapi = lambda: document_upload_limits(  # the routes' body, with these limits
         build_openapi(), max_files=settings.max_files,

@@ -37,6 +37,7 @@ import torch
 
 from models.errors import InferenceTimeoutError, ServiceOverloadedError
 from models.predictor import rows
+from service import context
 from service.errors import RequestError
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    request_id: str | None = field(default_factory=context.current_id)  # the submitter's
 
     @property
     def size(self) -> int:
@@ -299,6 +301,12 @@ class MicroBatcher:
         done = time.perf_counter()
         queue_wait = started - min(job.enqueued for job in batch)
         self.stats.on_batch(n, queue_wait, forwarded - started, done - forwarded)
+        log.info("batch of %d images for %s", n, self.name, extra={
+            "event": "batch", "model": self.name, "images": n,
+            "request_ids": [job.request_id for job in batch],
+            "queue_ms": round(queue_wait * 1000, 2),
+            "forward_ms": round((forwarded - started) * 1000, 2),
+            "postprocess_ms": round((done - forwarded) * 1000, 2)})
         for job, result in zip(batch, per_job, strict=True):
             job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
 

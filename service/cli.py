@@ -25,6 +25,7 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.logs import configure_logging
     from service.settings import Settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "models": args.model,
@@ -32,7 +33,10 @@ def main(args: argparse.Namespace) -> int:
                                    "registry": args.registry}.items()
                  if v is not None}
     settings = Settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
+    # uvicorn's loggers go to the service's handler (log_config=None), and the access line
+    # is the service's own (service/middleware.py), with the request ID.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+                log_config=None, access_log=False, timeout_graceful_shutdown=30)
     return 0

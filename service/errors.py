@@ -33,6 +33,7 @@ from models.errors import (
     UnsupportedImageFormatError,
     VersionRefusedError,
 )
+from service import context
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,11 @@ class RequestError(OcellusError):
 
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "code": code, "message": message}},
-                        status_code=status, headers=headers)
+    """The one error shape, with the request's ID (service/context.py) for the caller to quote."""
+    error: dict[str, object] = {"status": status, "code": code, "message": message}
+    if (request_id := context.current_id()) is not None:
+        error["request_id"] = request_id
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def is_v2(path: str) -> bool:
@@ -73,15 +77,28 @@ def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def v2_error(message: str) -> dict[str, str]:
-    """The Open Inference Protocol's error body."""
-    return {"error": message}
+def v2_error(message: str, request_id: str | None = None) -> dict[str, str]:
+    """The Open Inference Protocol's error body, with the request's ID beside it."""
+    request_id = request_id or context.current_id()
+    return {"error": message, **({"request_id": request_id} if request_id else {})}
 
 
 def disconnected_response(when: str) -> JSONResponse:
     """499 for a client that has gone (as nginx logs it): nobody reads it, but the
     request metrics get a status."""
     return error_response(499, "client_disconnected", f"the client disconnected {when}")
+
+
+def internal_error(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """Log an unexpected error with its traceback; a plain 500 that tells nothing of it.
+
+    `service.middleware.RequestMiddleware` answers with it, inside the request's
+    context (so with its ID), before Starlette's outermost handler would.
+    """
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    if is_v2(path):  # answered outside V2ErrorMiddleware, so shaped here
+        return JSONResponse(v2_error("internal server error"), status_code=500)
+    return error_response(500, "internal_error", "internal server error")
 
 
 def status_of(exc: Exception) -> tuple[int, str]:
@@ -165,7 +182,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        if is_v2(request.url.path):  # answered outside V2ErrorMiddleware, so shaped here
-            return JSONResponse(v2_error("internal server error"), status_code=500)
-        return error_response(500, "internal_error", "internal server error")
+        return internal_error(request.method, request.url.path, exc)

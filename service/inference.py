@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 
+from service import context
 from service.inputs import Deadline, DecodePool, PreparedImage, prepare_uploads
 from service.metrics import Metrics
 from service.model_store import ModelStore, ServedModel
@@ -68,6 +69,10 @@ class Inference:
                 timeout (503 with Retry-After).
         """
         deadline = Deadline.after(self.settings.request_timeout_s)
+        ctx = context.current()
+        if ctx is not None:  # for the access line (service/middleware.py)
+            ctx.model, ctx.version = served.name, str(served.manifest.version)
+            ctx.images = len(files)
         images = await prepare_uploads(files, served.predictor, self.settings, pool=self.pool,
                                        model=served.name, deadline=deadline)
         for im in images:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 import time
@@ -61,7 +62,9 @@ class DecodePool:
                       settings: Settings, model: str) -> PreparedImage:
         with self._lock:
             self._pending += 1
-        job = self._executor.submit(self._run, upload, filename, predictor, settings, model)
+        # In a copy of the request's context: its log lines carry the request's ID.
+        job = self._executor.submit(contextvars.copy_context().run, self._run, upload, filename,
+                                    predictor, settings, model)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
@@ -77,7 +80,8 @@ class DecodePool:
 
         It is not counted in `pending`, which counts images on their way to a batch.
         """
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+        return await asyncio.wrap_future(
+            self._executor.submit(contextvars.copy_context().run, fn, *args))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -1,9 +1,11 @@
-"""Pure ASGI middleware: request metrics by route template, the body-size guard, the
-cap on inference requests in flight, and dropping the work of a client that has gone."""
+"""Pure ASGI middleware: each request's ID, metrics and access line, the body-size
+guard, the cap on inference requests in flight, dropping the work of a client that
+has gone, and the Open Inference Protocol's error shape."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 
@@ -12,8 +14,22 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.tasks import TASKS
-from service.errors import disconnected_response, error_response, is_v2, v2_error
+from service import context
+from service.context import REQUEST_ID_HEADER
+from service.errors import (
+    disconnected_response,
+    error_response,
+    internal_error,
+    is_v2,
+    v2_error,
+)
 from service.metrics import Metrics
+
+access_log = logging.getLogger("ocellus.access")
+# Probes and scrapes, every few seconds from each orchestrator and Prometheus: their
+# access lines are DEBUG, so that an INFO log shows the traffic that matters.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
+                          "/v2/health/ready"})
 
 # Each task's route, as the task table names it: /v1/classify, /v1/detect; and the
 # Open Inference Protocol's (service/routes/v2.py).
@@ -61,7 +77,7 @@ class V2ErrorMiddleware:
             body = b"".join(chunks)
             try:
                 error = json.loads(body)["error"]
-                body = json.dumps(v2_error(error["message"])).encode()
+                body = json.dumps(v2_error(error["message"], error.get("request_id"))).encode()
             except (ValueError, KeyError, TypeError):
                 pass  # not the service's shape: as it is
             headers = [(k, v) for k, v in start.get("headers", ())
@@ -73,8 +89,15 @@ class V2ErrorMiddleware:
         await self.app(scope, receive, reshape)
 
 
-class MetricsMiddleware:
-    """Counts requests and times them, labelled with the matched route's template."""
+class RequestMiddleware:
+    """The outermost layer: each request's ID, metrics and access line.
+
+    It opens the request's `RequestContext` (service/context.py) with the caller's
+    ``X-Request-ID`` or a new one, returns that ID on the response, counts and times
+    the request by its route's template, and writes one access line (``event:
+    "access"``: method, route, status, latency, and the model, version and image
+    count when it ran one) with the ID. No header, query string or body is logged.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -86,21 +109,48 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        headers = dict(scope.get("headers", ()))
+        given = headers.get(REQUEST_ID_HEADER.encode())
+        ctx = context.RequestContext(
+            context.valid_id(given.decode("latin-1") if given else None) or context.new_id(),
+            method=scope["method"])
+        token = context.enter(ctx)
+
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
+                message = {**message, "headers": [
+                    *(h for h in message.get("headers", ())
+                      if h[0].lower() != REQUEST_ID_HEADER.encode()),
+                    (REQUEST_ID_HEADER.encode(), ctx.request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:  # nothing can be said any more: the connection is dropped
+                raise
+            # Here, not in Starlette's outermost handler, so that the 500 has the ID.
+            await internal_error(scope["method"], scope["path"], exc)(
+                scope, receive, send_wrapper)
         finally:
+            seconds = time.perf_counter() - start
             route = scope.get("route")
             # Unmatched paths share one label value so the label stays bounded.
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.http_duration.labels(template).observe(time.perf_counter() - start)
+            self.metrics.http_duration.labels(template).observe(seconds)
+            access_log.log(
+                logging.DEBUG if template in QUIET_ROUTES else logging.INFO,
+                "%s %s %d %.1f ms", scope["method"], template, status, seconds * 1000,
+                extra={"event": "access", "method": scope["method"], "route": template,
+                       "status": status, "latency_ms": round(seconds * 1000, 2),
+                       **({"model": ctx.model, "version": ctx.version, "images": ctx.images}
+                          if ctx.model else {}), **ctx.fields})
+            context.leave(token)
 
 
 class BodySizeLimitMiddleware:
@@ -115,18 +165,13 @@ class BodySizeLimitMiddleware:
         self.max_bytes = max_bytes
         self.metrics = metrics
 
-    async def _reject(self, send: Send, length: int | None) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send,
+                      length: int | None) -> None:
         if self.metrics is not None:
             self.metrics.rejected.labels("too_large").inc()
         got = f"{length} bytes" if length is not None else "more"
-        body = json.dumps({"error": {
-            "status": 413, "code": "too_large",
-            "message": f"request body too large: the limit is {self.max_bytes} bytes, got {got}"
-        }}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await error_response(413, "too_large", f"request body too large: the limit is "
+                             f"{self.max_bytes} bytes, got {got}")(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,7 +180,7 @@ class BodySizeLimitMiddleware:
         headers = dict(scope.get("headers", ()))
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(send, int(length))
+            await self._reject(scope, receive, send, int(length))
             return
         seen = 0
 

@@ -142,7 +142,10 @@ class ServedModel:
         self.batcher.run_sync(choose_and_warm)
         log.info("%s: backend %s (%s); %s", self.name, self.backend, self.backend_report.reason,
                  self.batch_report.reason if self.batch_report else
-                 f"batch size {self.batcher.max_batch_size} (not tuned)")
+                 f"batch size {self.batcher.max_batch_size} (not tuned)",
+                 extra={"event": "model_warmed", "model": self.name,
+                        "version": self.manifest.version, "backend": self.backend,
+                        "batch_size": self.batcher.max_batch_size})
 
     def release(self) -> None:
         """A request that held this model is done (see `ModelStore.use`)."""
@@ -264,7 +267,9 @@ class ModelStore:
         self.models[served.name] = served
         self.refused.pop(served.name, None)
         log.info("serving %s (task %s, version %s) from %s", served.name, served.task,
-                 served.manifest.version, served.path)
+                 served.manifest.version, served.path,
+                 extra={"event": "model_loaded", "model": served.name, "task": served.task,
+                        "version": served.manifest.version, "backend": served.backend})
         return old
 
     @contextmanager

@@ -123,7 +123,10 @@ class RegistryWatcher:
         log.error("registry: %s %s refused, %s: %s", name,
                   f"version {version}" if version is not None else f"{CURRENT_FILE} file",
                   f"still serving version {served.manifest.version}" if served
-                  else "nothing served", exc)
+                  else "nothing served", exc,
+                  extra={"event": "model_refused", "model": name, "version": version,
+                         "serving": served.manifest.version if served else None,
+                         "reason": str(exc)})
         self.metrics.record_load(name, False, reload=reload)
         self.refused[name] = _UNREADABLE if version is None else version
         path = self.registry.root / name / (CURRENT_FILE if version is None else version)
@@ -167,7 +170,9 @@ class RegistryWatcher:
             if old is not None:
                 self._retire(old)
             previous = old.manifest.version if old is not None else None
-            log.info("registry: %s switched from version %s to %s", name, previous, version)
+            log.info("registry: %s switched from version %s to %s", name, previous, version,
+                     extra={"event": "model_reloaded", "model": name, "version": version,
+                            "previous": previous})
             return ReloadResult(name, version, "reloaded", previous)
 
     async def rollback(self, name: str) -> ReloadResult:

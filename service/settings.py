@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         "drawn scaled down (JPEG's limit is 65,500)")
     default_top_k: int = Field(5, gt=0)
     log_level: str = "info"
+    log_format: Literal["auto", "text", "json"] = Field(
+        "auto", description="text, or JSON lines (service/logs.py); auto: text on a "
+        "terminal, JSON elsewhere")
     # Operations (docs/operations.md): registry, hot reload, admin API, API keys.
     registry: Path | None = Field(
         None, description="model registry folder: serve every name's current version")

@@ -126,7 +126,8 @@ def test_unexpected_errors_are_a_plain_500_without_internals(app, client, error,
     r = answer(app, client, error)
     assert r.status_code == 500
     assert r.json() == {"error": {"status": 500, "code": "internal_error",
-                                  "message": "internal server error"}}
+                                  "message": "internal server error",
+                                  "request_id": r.headers["x-request-id"]}}
     assert "secret" not in r.text and "safetensors" not in r.text
     assert "unhandled error on GET /raise" in caplog.text  # logged with its traceback
 

@@ -213,8 +213,9 @@ def test_tiny_model_classifies_with_keys_versions_and_gzip(tiny: str) -> None:
 def test_bad_requests_get_protocol_errors(tiny: str, body, headers, status, words) -> None:
     r = _post(tiny, body, headers)
     assert r.status_code == status, r.text
-    error = r.json()
-    assert list(error) == ["error"] and isinstance(error["error"], str), error
+    error = r.json()  # the protocol's shape, and the request's ID beside it
+    assert error == {"error": error["error"], "request_id": r.headers["x-request-id"]}, error
+    assert isinstance(error["error"], str), error
     assert words.lower() in error["error"].lower(), error
 
 
@@ -224,7 +225,8 @@ def test_unknown_model_version_and_route_are_404_in_protocol_shape(tiny: str) ->
         assert r.status_code == 404 and isinstance(r.json()["error"], str), r.text
     r = httpx.get(f"{tiny}/v2/models/nope", headers={"X-API-Key": API_KEY})
     assert r.status_code == 404 and "no model named 'nope'" in r.json()["error"]
-    assert httpx.get(f"{tiny}/v2/nowhere").json() == {"error": "Not Found"}
+    r = httpx.get(f"{tiny}/v2/nowhere")
+    assert r.json() == {"error": "Not Found", "request_id": r.headers["x-request-id"]}
 
 
 def test_v2_requests_are_counted_by_route_template(tiny: str) -> None:
