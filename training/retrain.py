@@ -19,7 +19,10 @@ Exit codes: 0 promoted, 3 champion kept, 2 error (bad data, registry locked, ...
 A job killed at any point leaves the registry valid: the candidate is trained
 in a hidden work folder (``REGISTRY/<name>/.tmp/``, which readers skip), copied
 in with a rename, and ``current`` is replaced by a rename. What a killed job
-left in ``.tmp`` is removed by the next job, under the same lock.
+left in ``.tmp`` is removed by the next job, under the same lock; that job can
+first take the killed candidate's checkpoint
+(``.tmp/retrain-*/candidate/checkpoints/last.pt``) with ``--resume`` and
+continue its training. The job runs in one process (not under ``torchrun``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None,
                    help="decision report; default REGISTRY/NAME/reports/<time>.json")
     p.add_argument("--dry-run", action="store_true", help="decide and report, never promote")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="continue the candidate of a killed job of this champion from its "
+                        "checkpoint (REGISTRY/NAME/.tmp/retrain-*/candidate/checkpoints/last.pt)")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -136,6 +142,29 @@ def candidate_args(parser: argparse.ArgumentParser, champion: Manifest, champion
     return args
 
 
+def keep_resume_checkpoint(path: Path, champion_path: Path) -> Path:
+    """A copy of a killed candidate's checkpoint (and the ``best.pt`` beside it), safe from
+    `work_folder`; the caller removes its folder.
+
+    Raises:
+        RegistryError: The checkpoint is not of a candidate of this champion
+            (its run did not start from ``champion_path``).
+    """
+    import torch
+
+    # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
+    started_from = torch.load(path, map_location="cpu", weights_only=True)["args"].get(
+        "init_from")
+    if started_from is None or Path(started_from).resolve() != champion_path.resolve():
+        raise RegistryError(f"{path}: --resume needs a candidate trained from the current "
+                            f"version ({champion_path}), got one from {started_from}")
+    folder = Path(tempfile.mkdtemp(prefix="ocellus-resume-"))
+    for name, source in (("last.pt", path), ("best.pt", path.parent / "best.pt")):
+        if source.is_file():
+            shutil.copyfile(source, folder / name)
+    return folder / "last.pt"
+
+
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(report, indent=2) + "\n")
@@ -172,13 +201,18 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         spec = get_task(champion_manifest.task)
         task = resolve(spec.retrain)
         frozen, source = task.eval_set(args, champion_manifest)
+        # Taken before work_folder clears the killed job's folder it may lie in.
+        resume = None if args.resume is None else \
+            keep_resume_checkpoint(args.resume, champion_path)
         work = work_folder(registry.root / args.name / WORK_DIR)
         try:
             candidate_path = work / "candidate"
             # The task's own training command, called with the champion's recipe.
             train = resolve(spec.train)
-            train.main(candidate_args(train.get_args_parser(), champion_manifest,
-                                      champion_path, args, candidate_path))
+            train_args = candidate_args(train.get_args_parser(), champion_manifest,
+                                        champion_path, args, candidate_path)
+            train_args.resume = resume
+            train.main(train_args)
             # The same Predictor class, the same frozen evaluation set, for both.
             scores = {role: task.score(path, frozen, args.device) for role, path in
                       (("champion", champion_path), ("candidate", candidate_path))}
@@ -214,6 +248,8 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
             return report
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            if resume is not None:
+                shutil.rmtree(resume.parent, ignore_errors=True)
 
 
 def main(args: argparse.Namespace) -> int:

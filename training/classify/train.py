@@ -8,6 +8,11 @@ the served `ClassificationPredictor`. Two modes of transfer learning:
   statistics); only the new head trains.
 - ``fine-tune``: the top ``--trainable-stages`` stages train too, at
   ``--backbone-lr-scale`` times the head's learning rate.
+
+Under ``torchrun`` it trains data-parallel (`training.distributed`):
+``--batch-size`` stays the global batch, rank 0 evaluates, checkpoints and
+exports. Checkpoints (``OUT/checkpoints/last.pt`` every epoch, ``best.pt``)
+carry every process's random state, so ``--resume`` continues the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from models.backbones import list_backbones
 from models.classification.classifier import ImageClassifier
 from models.classification.predictor import ClassificationPredictor
 from models.export import Manifest
+from training.checkpoint import adopt_best, restore_rng, rng_state
 from training.classify.data import (
     ImageListDataset,
     Sample,
@@ -34,6 +40,7 @@ from training.classify.data import (
     train_transform,
 )
 from training.classify.evaluate import evaluate_classifier
+from training.distributed import LOCAL, DistributedContext, distributed
 from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
@@ -52,7 +59,8 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--trainable-stages", type=int, default=2,
                    help="fine-tune: how many of the backbone's top stages train")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="global batch: under torchrun each of N processes takes BATCH/N")
     p.add_argument("--img-size", type=int, default=None,
                    help="input side; default: the backbone's pretraining size")
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
@@ -92,8 +100,13 @@ def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
                     device: torch.device, epoch: int, *, bf16: bool = False,
-                    deadline: float | None = None, progress: bool = True) -> dict[str, float]:
-    """One pass over `loader` (cut short at `deadline`); returns the mean loss and the steps."""
+                    deadline: float | None = None, progress: bool = True,
+                    world: DistributedContext = LOCAL) -> dict[str, float]:
+    """One pass over `loader` (cut short at `deadline`); returns the mean loss and the steps.
+
+    Under torchrun, `model` is the DDP-wrapped one, `loader` this rank's shard,
+    and the loss is the mean over every rank's images.
+    """
     model.train()
     total, seen, steps = 0.0, 0, 0
     # disable=None: a bar only on a terminal.
@@ -112,8 +125,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         seen += len(targets)
         steps += 1
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if deadline is not None and time.monotonic() > deadline:
+        # Every rank stops at the same step, or the others would wait for it forever.
+        if deadline is not None and world.any(time.monotonic() > deadline):
             break
+    total, seen = world.sum([total, seen])
     return {"loss": total / max(seen, 1), "steps": steps}
 
 
@@ -125,14 +140,21 @@ def evaluate(predictor: ClassificationPredictor, samples: list[Sample], *,
     return evaluate_classifier(predictor, samples, batch_size=batch_size)
 
 
-def main(args: argparse.Namespace) -> Manifest:
+def main(args: argparse.Namespace) -> Manifest | None:
     """Train, keep the best epoch by validation top-1, export it to ``args.out``.
 
     Returns:
-        The export's manifest, as written.
+        The export's manifest, as written; None on the ranks other than 0 of a
+        torchrun launch, which export nothing.
     """
+    with distributed(args.device) as world:
+        return _train(args, world)
+
+
+def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | None:
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    device = world.device
+    local_batch = world.local_batch_size(args.batch_size)
     splits = load_splits(args.data, val_fraction=args.val_fraction, seed=args.seed)
     architecture = {"name": "classifier", "args": {
         "backbone": args.backbone, "num_classes": len(splits.classes), "dropout": args.dropout}}
@@ -150,17 +172,21 @@ def main(args: argparse.Namespace) -> Manifest:
     manifest = run_manifest("classify", args, architecture=architecture, labels=splits.classes,
                             preprocessing=pre.to_dict())
     predictor = ClassificationPredictor(model, manifest, device)
-    loader = DataLoader(ImageListDataset(splits.train, train_transform(pre, augment=args.augment)),
-                        batch_size=args.batch_size, shuffle=True, drop_last=len(splits.train)
-                        > args.batch_size, num_workers=args.workers,
+    train_set = ImageListDataset(splits.train, train_transform(pre, augment=args.augment))
+    sampler = world.sampler(train_set, seed=args.seed)  # None: one process shuffles it all
+    shard = len(train_set) if sampler is None else len(sampler)
+    loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None,
+                        sampler=sampler, drop_last=shard > local_batch, num_workers=args.workers,
                         persistent_workers=args.workers > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = torch.optim.AdamW(_param_groups(model, args), weight_decay=args.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps=args.epochs * len(loader),
                               warmup_steps=round(args.warmup_epochs * len(loader)))
+    world.seed_process(args.seed)
 
     ckpt_dir = args.out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     best_metrics: dict[str, Any] | None = None
     if args.resume:
@@ -171,39 +197,57 @@ def main(args: argparse.Namespace) -> Manifest:
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         start_epoch = ckpt["epoch"] + 1
         best, best_epoch, history = ckpt["best_top1"], ckpt["best_epoch"], ckpt["history"]
+        restore_rng(ckpt.get("rng"), rank=world.rank, world_size=world.world_size)
+        if world.is_main and not adopt_best(args.resume, ckpt_dir / "best.pt"):
+            best, best_epoch = -1.0, -1
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
+    # `net` is what trains (DDP under torchrun); `model` is evaluated, saved and exported.
+    net = world.wrap(model)
 
     started = time.monotonic()
     deadline = started + args.time_budget * 60 if args.time_budget else None
     for epoch in range(start_epoch, args.epochs):
-        losses = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
-                                 bf16=args.bf16, deadline=deadline, progress=not args.no_progress)
-        loss = losses["loss"]
-        metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
-        history.append({"epoch": epoch, "steps": losses["steps"], "train_loss": loss,
-                        "val_top1": metrics["top1"],
-                        "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
-                        "minutes": (time.monotonic() - started) / 60})
-        improved = metrics["top1"] > best
-        if improved:
-            best, best_epoch, best_metrics = metrics["top1"], epoch, metrics
-        log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1, args.epochs,
-                 loss, metrics["top1"], metrics["top5"], "  (best)" if improved else "")
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
-                # Plain types only (paths as text), so the checkpoint loads with weights_only.
-                "args": plain_args(args), "best_top1": best, "best_epoch": best_epoch,
-                "history": history}
-        torch.save(ckpt, ckpt_dir / "last.pt")
-        if improved:
-            torch.save(ckpt, ckpt_dir / "best.pt")
-        if epoch - best_epoch >= args.patience:
-            log.info("early stop: no improvement for %d epochs", args.patience)
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            log.info("time budget of %.1f min reached", args.time_budget)
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
+        losses = train_one_epoch(net, criterion, optimizer, scheduler, loader, device, epoch,
+                                 bf16=args.bf16, deadline=deadline,
+                                 progress=not args.no_progress and world.is_main, world=world)
+        # Rank 0 evaluates while the others wait at the gather. The random states are
+        # taken after it: evaluating draws from the generator (a DataLoader's seed).
+        metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2) \
+            if world.is_main else {}
+        rng = world.all_gather(rng_state())
+        stop = False
+        if world.is_main:  # the others wait for its decision at the broadcast below
+            history.append({"epoch": epoch, "steps": losses["steps"],
+                            "train_loss": losses["loss"], "val_top1": metrics["top1"],
+                            "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
+                            "minutes": (time.monotonic() - started) / 60})
+            improved = metrics["top1"] > best
+            if improved:
+                best, best_epoch, best_metrics = metrics["top1"], epoch, metrics
+            log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1,
+                     args.epochs, losses["loss"], metrics["top1"], metrics["top5"],
+                     "  (best)" if improved else "")
+            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                    # Plain types only (paths as text), so the checkpoint loads with weights_only.
+                    "args": plain_args(args), "best_top1": best, "best_epoch": best_epoch,
+                    "history": history, "rng": rng}
+            torch.save(ckpt, ckpt_dir / "last.pt")
+            if improved:
+                torch.save(ckpt, ckpt_dir / "best.pt")
+            if epoch - best_epoch >= args.patience:
+                log.info("early stop: no improvement for %d epochs", args.patience)
+                stop = True
+            elif deadline is not None and time.monotonic() > deadline:
+                log.info("time budget of %.1f min reached", args.time_budget)
+                stop = True
+        if world.broadcast(stop):
             break
 
+    if not world.is_main:
+        return None
     if best_epoch < 0:
         raise RuntimeError("no epoch was trained; nothing to export")
     if best_metrics is None or best_epoch != history[-1]["epoch"]:

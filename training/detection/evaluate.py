@@ -56,8 +56,10 @@ def detection_metrics(preds: list[dict[str, torch.Tensor]], targets: list[dict[s
         classes with ground truth; ``per_class_ap`` (AP50-95) and
         ``per_class_ap50``, by class name, for classes with ground truth.
     """
+    # sync_on_compute=False: the scores of these images alone. Under torchrun rank 0
+    # evaluates while the other ranks wait; a gather across ranks here would hang.
     metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, extended_summary=True,
-                                  backend="pycocotools")
+                                  backend="pycocotools", sync_on_compute=False)
     metric.update(preds, targets)
     r = metric.compute()
     classes = [int(c) for c in r["classes"].reshape(-1)]

@@ -6,8 +6,12 @@ the served `DetectionPredictor`. Checkpoints in ``OUT/checkpoints/`` (``last.pt`
 every epoch, ``best.pt`` at the best val mAP50-95) hold ``{model, optimizer,
 lr_scheduler, epoch, args, ...}`` and describe themselves (``model_args``,
 ``names``), so training can resume and the best model can be rebuilt from the
-file alone. The best model goes into ``OUT`` as an export (``model.safetensors``
-+ ``manifest.json``).
+file alone; they carry every process's random state too. The best model goes
+into ``OUT`` as an export (``model.safetensors`` + ``manifest.json``).
+
+Under ``torchrun`` it trains data-parallel (`training.distributed`):
+``--batch-size`` stays the global batch, rank 0 evaluates, checkpoints and
+exports.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from models.detection.detector import Detector
 from models.detection.predictor import DetectionPredictor
 from models.errors import DatasetError
 from models.export import Manifest
+from training.checkpoint import adopt_best, restore_rng, rng_state
 from training.detection.augment import DetectionAugment
 from training.detection.dataset import (
     YoloDetectionDataset,
@@ -37,6 +42,7 @@ from training.detection.dataset import (
 )
 from training.detection.evaluate import dataset_samples, evaluate_predictor
 from training.detection.loss import DetectionLoss
+from training.distributed import LOCAL, DistributedContext, distributed, unwrap
 from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
@@ -59,7 +65,8 @@ def get_args_parser(prog: str = "ocellus train detect") -> argparse.ArgumentPars
                         help="train only the top K backbone stages (default: all)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--img-size", type=int, default=320, help="letterbox side, a multiple of 32")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="global batch: under torchrun each of N processes takes BATCH/N")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -89,13 +96,18 @@ def build_optimizer(model: Detector, lr: float, weight_decay: float) -> torch.op
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def train_one_epoch(model: Detector, criterion: DetectionLoss, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: torch.nn.Module, criterion: DetectionLoss,
+                    optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
-                    device: torch.device, epoch: int, *, progress: bool = True
-                    ) -> dict[str, float]:
-    """One pass over `loader`; returns the mean loss, its parts and the steps taken."""
+                    device: torch.device, epoch: int, *, progress: bool = True,
+                    world: DistributedContext = LOCAL) -> dict[str, float]:
+    """One pass over `loader`; returns the mean loss, its parts and the steps taken.
+
+    `model` is a `Detector`, or under torchrun the DDP-wrapped one with `loader`
+    this rank's shard; the losses are then the means over every rank.
+    """
     model.train()
-    pre = model.preprocessing
+    pre = unwrap(model).preprocessing
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for images, targets in bar:
@@ -110,7 +122,9 @@ def train_one_epoch(model: Detector, criterion: DetectionLoss, optimizer: torch.
         for k, v in {"loss": float(loss.detach()), **parts}.items():
             sums[k] = sums.get(k, 0.0) + v
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    return {**{k: v / max(1, len(loader)) for k, v in sums.items()}, "steps": len(loader)}
+    # Every rank takes len(loader) steps: the mean of the ranks' means is the global mean.
+    means = world.sum([v / max(1, len(loader)) / world.world_size for v in sums.values()])
+    return {**dict(zip(sums, means, strict=True)), "steps": len(loader)}
 
 
 def evaluate(predictor: DetectionPredictor, dataset: YoloDetectionDataset, *,
@@ -128,19 +142,26 @@ def load_detector_checkpoint(path: str | Path, *, device: str = "cpu") -> tuple[
     return model.to(device).eval(), ckpt
 
 
-def main(args: argparse.Namespace) -> Manifest:
+def main(args: argparse.Namespace) -> Manifest | None:
     """Train, keep the best epoch by val mAP50-95, score it as served, export to ``args.out``.
 
     Returns:
-        The export's manifest, as written.
+        The export's manifest, as written; None on the ranks other than 0 of a
+        torchrun launch, which export nothing.
     """
+    with distributed(args.device) as world:
+        return _train(args, world)
+
+
+def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | None:
     started = time.monotonic()
     spec = load_data_yaml(args.data)  # fails early, naming file and line, on a bad label
     if not spec.val:
         raise DatasetError(f"{spec.yaml_path}: training needs a 'val' split to pick the best model")
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    device = torch.device(args.device)
+    device = world.device
+    local_batch = world.local_batch_size(args.batch_size)
     weights = None if str(args.weights).lower() == "none" else args.weights
     trainable = 0 if args.freeze_backbone else args.trainable_stages  # None: all of it
 
@@ -158,17 +179,21 @@ def main(args: argparse.Namespace) -> Manifest:
     train_set = YoloDetectionDataset(spec.train, len(spec.names), img_size=args.img_size,
                                      augment=DetectionAugment(args.img_size, mosaic_p=args.mosaic))
     val_set = YoloDetectionDataset(spec.val, len(spec.names), img_size=args.img_size)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.workers, collate_fn=detection_collate,
-                        drop_last=len(train_set) > args.batch_size,
-                        generator=torch.Generator().manual_seed(args.seed))
+    sampler = world.sampler(train_set, seed=args.seed)  # None: one process shuffles it all
+    shard = len(train_set) if sampler is None else len(sampler)
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None,
+                        sampler=sampler, num_workers=args.workers, collate_fn=detection_collate,
+                        drop_last=shard > local_batch, generator=generator)
     optimizer = build_optimizer(model, args.lr, args.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps=args.epochs * len(loader),
                               warmup_steps=round(args.warmup_epochs * len(loader)))
     criterion = DetectionLoss(model.reg_max)
+    world.seed_process(args.seed)
 
     ckpt_dir = args.out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     if args.resume is not None:
@@ -182,38 +207,60 @@ def main(args: argparse.Namespace) -> Manifest:
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best_map50_95", -1.0)
         best_epoch, history = ckpt.get("best_epoch", -1), ckpt.get("history", [])
+        restore_rng(ckpt.get("rng"), rank=world.rank, world_size=world.world_size,
+                    loader_generator=generator)
+        if world.is_main and not adopt_best(args.resume, best_path):
+            best, best_epoch = -1.0, -1
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
+    # `net` is what trains (DDP under torchrun); `model` is evaluated, saved and exported.
+    # A backbone's classification parts (its ImageNet head, efficientnet_lite's `head`
+    # stage) are not in the pyramid the neck reads: they get no gradient, and DDP must
+    # be told.
+    net = world.wrap(model, find_unused_parameters=True)
 
     deadline = None if args.time_budget is None else started + args.time_budget * 60
     for epoch in range(start_epoch, args.epochs):
-        if deadline is not None and time.monotonic() > deadline:
+        # Rank 0's clock decides for all: a rank that stopped alone would hang the others.
+        if deadline is not None and world.broadcast(time.monotonic() > deadline):
             log.info("time budget of %.1f min reached after %d epochs", args.time_budget, epoch)
             break
-        losses = train_one_epoch(model, criterion, optimizer, scheduler, loader, device, epoch,
-                                 progress=not args.no_progress)
-        metrics = evaluate(predictor, val_set, batch_size=args.batch_size)
-        history.append({"epoch": epoch, "steps": losses["steps"], "train_loss": losses["loss"],
-                        **{f"train_{k}": losses[k] for k in ("box", "cls", "dfl")},
-                        **{f"val_{k}": metrics[k]
-                           for k in ("map50", "map50_95", "precision", "recall")},
-                        "lr": scheduler.get_last_lr()[0],
-                        "minutes": (time.monotonic() - started) / 60})
-        improved = metrics["map50_95"] > best
-        if improved:
-            best, best_epoch = metrics["map50_95"], epoch
-        log.info("epoch %d/%d  loss %.4f  val mAP50 %.4f  mAP50-95 %.4f%s", epoch + 1,
-                 args.epochs, losses["loss"], metrics["map50"], metrics["map50_95"],
-                 "  (best)" if improved else "")
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
-                # Plain types only (paths as text), so the checkpoint loads with weights_only.
-                "args": plain_args(args),
-                "model_args": model.model_args, "names": spec.names, "metrics": metrics,
-                "best_map50_95": best, "best_epoch": best_epoch, "history": history}
-        torch.save(ckpt, last_path)
-        if improved:
-            torch.save(ckpt, best_path)
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
+        losses = train_one_epoch(net, criterion, optimizer, scheduler, loader, device, epoch,
+                                 progress=not args.no_progress and world.is_main, world=world)
+        # Rank 0 evaluates while the others wait at the gather. The random states are
+        # taken after it: evaluating draws from the generator (a DataLoader's seed).
+        metrics = evaluate(predictor, val_set, batch_size=args.batch_size) \
+            if world.is_main else {}
+        rng = world.all_gather(rng_state(generator))
+        if world.is_main:  # the others wait for the checkpoint at the barrier below
+            history.append({"epoch": epoch, "steps": losses["steps"],
+                            "train_loss": losses["loss"],
+                            **{f"train_{k}": losses[k] for k in ("box", "cls", "dfl")},
+                            **{f"val_{k}": metrics[k]
+                               for k in ("map50", "map50_95", "precision", "recall")},
+                            "lr": scheduler.get_last_lr()[0],
+                            "minutes": (time.monotonic() - started) / 60})
+            improved = metrics["map50_95"] > best
+            if improved:
+                best, best_epoch = metrics["map50_95"], epoch
+            log.info("epoch %d/%d  loss %.4f  val mAP50 %.4f  mAP50-95 %.4f%s", epoch + 1,
+                     args.epochs, losses["loss"], metrics["map50"], metrics["map50_95"],
+                     "  (best)" if improved else "")
+            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                    # Plain types only (paths as text), so the checkpoint loads with weights_only.
+                    "args": plain_args(args),
+                    "model_args": model.model_args, "names": spec.names, "metrics": metrics,
+                    "best_map50_95": best, "best_epoch": best_epoch, "history": history,
+                    "rng": rng}
+            torch.save(ckpt, last_path)
+            if improved:
+                torch.save(ckpt, best_path)
+        world.barrier()
 
+    if not world.is_main:
+        return None
     if not best_path.exists():  # resumed a finished run: nothing new was trained
         torch.save(torch.load(last_path, weights_only=True), best_path)
     best_ckpt = torch.load(best_path, map_location=device, weights_only=True)
