@@ -37,6 +37,7 @@ from service.model_store import ModelStore, ServedModel
 from service.registry_watch import RegistryWatcher
 from service.routes import ROUTERS, console
 from service.settings import Settings
+from service.tracing import setup_tracing
 from service.uploads import document_upload_limits
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.close()
         store.close()
+        if app.state.tracing is not None:
+            app.state.tracing.shutdown()  # sends the spans still buffered
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -199,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, keys=api_keys_of(settings), metrics=app.state.metrics)
     app.add_middleware(V2ErrorMiddleware)  # outside the middleware whose errors it reshapes
     app.add_middleware(RequestMiddleware, metrics=app.state.metrics)  # outermost
+    app.state.tracing = setup_tracing(app)  # None unless the OTEL_* variables ask
     build_openapi = app.openapi
     app.openapi = lambda: document_upload_limits(  # the routes' body, with these limits
         build_openapi(), max_files=settings.max_files,

@@ -34,11 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from models.errors import InferenceTimeoutError, ServiceOverloadedError
 from models.predictor import rows
 from service import context
 from service.errors import RequestError
+from service.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +82,38 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
     request_id: str | None = field(default_factory=context.current_id)  # the submitter's
+    trace_context: Any = field(default_factory=otel_context.get_current)  # the submitter's
+    enqueued_ns: int = field(default_factory=time.time_ns)  # wall clock, for its spans
 
     @property
     def size(self) -> int:
         return len(self.inputs)
+
+
+def _trace_batch(model: str, batch: list[_Job], images: int, started_ns: int,
+                 forwarded_ns: int, done_ns: int) -> None:
+    """The batch's span, linked to each request it served, and each request's queue,
+    forward and postprocess spans (children of its own span, the forward linked back
+    to the batch), with the times measured here. Nothing when no request is traced."""
+    traced = [job for job in batch
+              if trace.get_current_span(job.trace_context).is_recording()]
+    if not traced:
+        return
+    links = [trace.Link(trace.get_current_span(job.trace_context).get_span_context())
+             for job in traced]
+    attributes = {"ocellus.model": model, "ocellus.batch.size": images,
+                  "ocellus.batch.requests": len(batch)}
+    shared = tracer.start_span("batch", context=otel_context.Context(), links=links,
+                               start_time=started_ns, attributes=attributes)
+    shared.end(end_time=done_ns)
+    back = [trace.Link(shared.get_span_context())]
+    for job in traced:
+        own = {**attributes, "ocellus.images": job.size}
+        for name, start, end, linked in (("queue", job.enqueued_ns, started_ns, ()),
+                                         ("forward", started_ns, forwarded_ns, back),
+                                         ("postprocess", forwarded_ns, done_ns, ())):
+            tracer.start_span(name, context=job.trace_context, links=linked,
+                              start_time=start, attributes=own).end(end_time=end)
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -277,6 +308,7 @@ class MicroBatcher:
                     job.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
 
     def _run(self, batch: list[_Job]) -> None:
+        started_ns = time.time_ns()
         started = time.perf_counter()
         inputs = torch.stack([x for job in batch for x in job.inputs])  # (B, 3, S, S)
         outputs = self.forward(inputs)
@@ -299,6 +331,9 @@ class MicroBatcher:
                                                 job.metas, **job.options))
                 start += job.size
         done = time.perf_counter()
+        _trace_batch(self.name, batch, n, started_ns,
+                     started_ns + round((forwarded - started) * 1e9),
+                     started_ns + round((done - started) * 1e9))
         queue_wait = started - min(job.enqueued for job in batch)
         self.stats.on_batch(n, queue_wait, forwarded - started, done - forwarded)
         log.info("batch of %d images for %s", n, self.name, extra={

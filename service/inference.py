@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from starlette.datastructures import UploadFile
 
 from service import context
@@ -22,6 +23,7 @@ from service.metrics import Metrics
 from service.model_store import ModelStore, ServedModel
 from service.schemas import ModelRef, error_responses
 from service.settings import Settings
+from service.tracing import model_attributes
 
 # What an inference route may answer besides 200, in the one error shape (service/errors.py).
 INFERENCE_ERRORS = error_responses(400, 404, 413, 415, 422, 503)
@@ -73,6 +75,10 @@ class Inference:
         if ctx is not None:  # for the access line (service/middleware.py)
             ctx.model, ctx.version = served.name, str(served.manifest.version)
             ctx.images = len(files)
+        request_span = trace.get_current_span()
+        if request_span.is_recording():
+            request_span.set_attributes({f"ocellus.{k}": v for k, v in {
+                **model_attributes(served), "images": len(files)}.items()})
         images = await prepare_uploads(files, served.predictor, self.settings, pool=self.pool,
                                        model=served.name, deadline=deadline)
         for im in images:

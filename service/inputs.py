@@ -20,6 +20,7 @@ from models.imaging import decode_image
 from models.predictor import Predictor
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tracing import span
 
 T = TypeVar("T")
 
@@ -135,6 +136,13 @@ def read_part(upload: BinaryIO, settings: Settings) -> bytes:
 def _prepare(upload: BinaryIO, filename: str | None, predictor: Predictor,
              settings: Settings, metrics: Metrics | None = None,
              model: str = "") -> PreparedImage:
+    with span("decode", model=model or None):  # the request's context: its child span
+        return _decode_and_preprocess(upload, filename, predictor, settings, metrics, model)
+
+
+def _decode_and_preprocess(upload: BinaryIO, filename: str | None, predictor: Predictor,
+                           settings: Settings, metrics: Metrics | None,
+                           model: str) -> PreparedImage:
     data = read_part(upload, settings)
     started = time.perf_counter()
     decoded = decode_image(data, max_pixels=settings.max_image_pixels,

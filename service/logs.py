@@ -20,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from service import context
+from service import context, tracing
 
 FORMATS = ("auto", "text", "json")
 # What every LogRecord has; anything else on a record came from `extra`.
@@ -29,11 +29,14 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamps each record with the current request's ID (None outside a request)."""
+    """Stamps each record with the current request's ID (None outside a request) and,
+    when the request is traced, its trace ID."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = context.current_id()
+        if getattr(record, "trace_id", None) is None and (tid := tracing.trace_id()):
+            record.trace_id = tid
         return True
 
 

@@ -10,6 +10,7 @@ import re
 import time
 
 import anyio
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +25,7 @@ from service.errors import (
     v2_error,
 )
 from service.metrics import Metrics
+from service.tracing import trace_id
 
 access_log = logging.getLogger("ocellus.access")
 # Probes and scrapes, every few seconds from each orchestrator and Prometheus: their
@@ -115,6 +117,9 @@ class RequestMiddleware:
             context.valid_id(given.decode("latin-1") if given else None) or context.new_id(),
             method=scope["method"])
         token = context.enter(ctx)
+        request_span = trace.get_current_span()  # the request's, when it is traced
+        if request_span.is_recording():
+            request_span.set_attribute("ocellus.request_id", ctx.request_id)
 
         started = False
 
@@ -142,7 +147,11 @@ class RequestMiddleware:
             # Unmatched paths share one label value so the label stays bounded.
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.http_duration.labels(template).observe(seconds)
+            # A traced request's latency carries its trace ID: a Grafana panel can go from
+            # a slow bucket to the trace (shown to scrapers that ask for OpenMetrics).
+            tid = trace_id()
+            self.metrics.http_duration.labels(template).observe(
+                seconds, exemplar={"trace_id": tid} if tid else None)
             access_log.log(
                 logging.DEBUG if template in QUIET_ROUTES else logging.INFO,
                 "%s %s %d %.1f ms", scope["method"], template, status, seconds * 1000,

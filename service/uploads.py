@@ -26,6 +26,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from models.errors import ImageTooLargeError
 from service.deps import SettingsDep
 from service.errors import RequestError
+from service.tracing import span
 
 UPLOAD_FIELD = "file"
 MAX_FORM_FIELDS = 8
@@ -97,9 +98,10 @@ async def read_uploads(request: Request, settings: SettingsDep) -> AsyncIterator
                            f"parts named '{UPLOAD_FIELD}', got content type {content_type!r}")
     try:
         async with aclosing(request.stream()) as stream:
-            form = await LimitedMultiPartParser(
-                request.headers, stream, max_files=settings.max_files,
-                max_file_bytes=settings.max_upload_bytes).parse()
+            with span("read body"):
+                form = await LimitedMultiPartParser(
+                    request.headers, stream, max_files=settings.max_files,
+                    max_file_bytes=settings.max_upload_bytes).parse()
     except MultiPartException as exc:
         raise RequestError(f"malformed multipart body: {exc.message}", status=400,
                            code="bad_request") from None

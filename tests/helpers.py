@@ -8,9 +8,11 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -130,3 +132,46 @@ def prometheus_query(url: str, promql: str) -> list[dict]:
     r = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "success", r.text
     return r.json()["data"]["result"]
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on 127.0.0.1: every span it was sent, decoded with
+    the official ``opentelemetry-proto`` messages. ``close()`` stops it."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                with receiver.lock:
+                    receiver.spans += [s for rs in request.resource_spans
+                                       for ss in rs.scope_spans for s in ss.spans]
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of_trace(self, trace_id: bytes) -> list:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+    def close(self) -> None:
+        self.server.shutdown()

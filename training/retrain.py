@@ -37,12 +37,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from models.errors import RegistryError
 from models.export import Manifest, write_atomic
 from models.registry import ModelRegistry
 from models.tasks import get_task, resolve
+from models.telemetry import install_provider
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("ocellus.retrain")
 
 EXIT_PROMOTED = 0
 EXIT_KEPT = 3
@@ -212,13 +216,20 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
             train_args = candidate_args(train.get_args_parser(), champion_manifest,
                                         champion_path, args, candidate_path)
             train_args.resume = resume
-            train.main(train_args)
+            with tracer.start_as_current_span("train"):
+                train.main(train_args)
             # The same Predictor class, the same frozen evaluation set, for both.
-            scores = {role: task.score(path, frozen, args.device) for role, path in
-                      (("champion", champion_path), ("candidate", candidate_path))}
-            decision = decide(scores["champion"], scores["candidate"], min_gain=args.min_gain,
-                              min_class_recall=args.min_class_recall,
-                              max_class_drop=args.max_class_drop, metric=spec.metric)
+            scores = {}
+            for role, path in (("champion", champion_path), ("candidate", candidate_path)):
+                with tracer.start_as_current_span(f"evaluate {role}") as span:
+                    scores[role] = task.score(path, frozen, args.device)
+                    span.set_attribute(f"ocellus.{spec.metric}", scores[role][spec.metric])
+            with tracer.start_as_current_span("decide") as span:
+                decision = decide(scores["champion"], scores["candidate"],
+                                  min_gain=args.min_gain,
+                                  min_class_recall=args.min_class_recall,
+                                  max_class_drop=args.max_class_drop, metric=spec.metric)
+                span.set_attribute("ocellus.promote", bool(decision["promote"]))
             metric = spec.metric
             report: dict[str, Any] = {
                 "name": args.name, "task": champion_manifest.task, "metric": metric,
@@ -232,16 +243,23 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                 if registry.current(args.name) != champion_version:
                     raise RegistryError(f"{args.name}: current changed during the job; "
                                         f"not promoting over it")
-                version = registry.publish(args.name, candidate_path, extra={
-                    "retrained_from": champion_version, "retrain_report": str(report_path)})
-                reason = (f"retrain: {metric} {scores['candidate'][metric]:.4f} vs "
-                          f"{scores['champion'][metric]:.4f} (v{champion_version})")
-                registry.promote(args.name, version, reason=reason)
+                with tracer.start_as_current_span("promote") as span:
+                    version = registry.publish(args.name, candidate_path, extra={
+                        "retrained_from": champion_version,
+                        "retrain_report": str(report_path)})
+                    reason = (f"retrain: {metric} {scores['candidate'][metric]:.4f} vs "
+                              f"{scores['champion'][metric]:.4f} (v{champion_version})")
+                    registry.promote(args.name, version, reason=reason)
+                    span.set_attribute("ocellus.model.version", version)
                 report["promoted_version"] = version
-                log.info("promoted %s version %s (%s)", args.name, version, reason)
+                log.info("promoted %s version %s (%s)", args.name, version, reason,
+                         extra={"event": "retrain_promoted", "model": args.name,
+                                "version": version, "champion": champion_version})
             else:
                 log.info("kept %s version %s: %s", args.name, champion_version,
-                         "; ".join(decision["reasons"]) or "dry run")
+                         "; ".join(decision["reasons"]) or "dry run",
+                         extra={"event": "retrain_kept", "model": args.name,
+                                "version": champion_version, "reasons": decision["reasons"]})
             report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             _write_report(report_path, report)
             report["report_path"] = str(report_path)
@@ -253,6 +271,17 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the job; the exit code says what was decided (see the module docstring)."""
-    report = retrain(args)
+    """Run the job; the exit code says what was decided (see the module docstring).
+
+    With the ``OTEL_*`` variables set (models/telemetry.py), its phases are traced:
+    one ``retrain`` span, with ``train``, ``evaluate champion``, ``evaluate
+    candidate``, ``decide`` and ``promote`` under it.
+    """
+    provider = install_provider("ocellus-retrain")
+    try:
+        with tracer.start_as_current_span("retrain", attributes={"ocellus.model": args.name}):
+            report = retrain(args)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # sends the spans still buffered
     return EXIT_PROMOTED if report["promoted_version"] else EXIT_KEPT

@@ -11,6 +11,7 @@ from service.deps import ClassifyModelDep, InferenceDep
 from service.inference import INFERENCE_ERRORS, model_ref
 from service.options import ClassifyOptions
 from service.schemas import ClassifyResponse, ClassifyResult, Prediction
+from service.tracing import span
 from service.uploads import UPLOAD_BODY, UploadsDep
 
 TASK = get_task("classify")
@@ -30,8 +31,9 @@ async def classify(
         images, results = await inference.run(
             served, files,
             **options.postprocess_options(inference.settings, len(served.predictor.labels)))
-        return ClassifyResponse(model=model_ref(served), results=[
-            ClassifyResult(filename=im.filename, width=im.width, height=im.height,
-                           predictions=[Prediction(label=c.label, index=c.index, score=c.score)
-                                        for c in classes])
-            for im, classes in zip(images, results, strict=True)])
+        with span("encode"):
+            return ClassifyResponse(model=model_ref(served), results=[
+                ClassifyResult(filename=im.filename, width=im.width, height=im.height,
+                               predictions=[Prediction(label=c.label, index=c.index,
+                                                       score=c.score) for c in classes])
+                for im, classes in zip(images, results, strict=True)])

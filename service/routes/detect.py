@@ -14,6 +14,7 @@ from service.inputs import read_part
 from service.options import DetectOptions
 from service.render import render_detections, wants_image
 from service.schemas import Detection, DetectResponse, DetectResult
+from service.tracing import span
 from service.uploads import UPLOAD_BODY, UploadsDep
 
 TASK = get_task("detect")
@@ -53,8 +54,10 @@ async def detect(
                                           media_type))
             return Response(body, media_type=media_type,
                             headers={"X-Detections": str(len(results[0]))})
-        return DetectResponse(model=model_ref(served), results=[
-            DetectResult(filename=im.filename, width=im.width, height=im.height,
-                         detections=[Detection(label=d.label, class_id=d.class_id,
-                                               score=d.score, box=d.box) for d in detections])
-            for im, detections in zip(images, results, strict=True)])
+        with span("encode"):
+            return DetectResponse(model=model_ref(served), results=[
+                DetectResult(filename=im.filename, width=im.width, height=im.height,
+                             detections=[Detection(label=d.label, class_id=d.class_id,
+                                                   score=d.score, box=d.box)
+                                         for d in detections])
+                for im, detections in zip(images, results, strict=True)])

@@ -50,6 +50,7 @@ from service.schemas import (
     V2Tensor,
     v2_error_responses,
 )
+from service.tracing import span
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 MODEL_ERRORS = v2_error_responses(400, 404, 503)
@@ -179,8 +180,9 @@ async def infer(request: Request, inference: InferenceDep, name: str,
     """
     settings = inference.settings
     _served(inference.store, name, version)  # a wrong name costs no body read
-    spool = await spool_body(request.stream(), request.headers.get("content-encoding"),
-                             settings.max_request_bytes)
+    with span("read body"):
+        spool = await spool_body(request.stream(), request.headers.get("content-encoding"),
+                                 settings.max_request_bytes)
 
     def parse() -> InferRequest:
         try:
@@ -202,7 +204,8 @@ async def infer(request: Request, inference: InferenceDep, name: str,
             _, results = await inference.run(served, parsed.images, **options)
             head = {"model_name": served.name, "model_version": str(served.manifest.version),
                     **({"id": parsed.id} if parsed.id is not None else {})}
-            body, header_length = encode_outputs(served.task, results, parsed, head)
+            with span("encode"):
+                body, header_length = encode_outputs(served.task, results, parsed, head)
     finally:
         parsed.close()
     if header_length is None:

@@ -211,3 +211,39 @@ def test_a_candidate_trains_with_the_champions_recipe_and_the_jobs_overrides(
     assert (args.epochs, args.lr, args.time_budget) == (7, recipe["lr"], 2.5)
     assert args.no_progress and args.resume is None
     assert args.img_size == champion.preprocessing["crop_size"]
+
+
+@pytest.mark.slow
+def test_the_jobs_phases_are_traced(registry_with_weak_champion: Path) -> None:
+    """With OTEL_* set, one trace: retrain → train, evaluate champion, evaluate candidate,
+    decide, promote; received over OTLP/HTTP and decoded with opentelemetry-proto."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from helpers import OtlpReceiver
+
+    tmp = registry_with_weak_champion
+    receiver = OtlpReceiver()
+    try:
+        cmd = [sys.executable, "-m", "cli.main", "retrain", "--registry", str(tmp / "registry"),
+               "--name", "colors", "--data", str(color_tree(tmp / "traced", 10, seed=7)),
+               "--epochs", "1", "--min-gain", "-1", "--max-class-drop", "1.0"]
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
+        run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == EXIT_PROMOTED, run.stderr[-3000:]
+        deadline = time.monotonic() + 10
+        while len(receiver.spans) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        spans = {s.name: s for s in receiver.spans}
+    finally:
+        receiver.close()
+    phases = ("train", "evaluate champion", "evaluate candidate", "decide", "promote")
+    assert set(spans) >= {"retrain", *phases}, sorted(spans)
+    root = spans["retrain"]
+    assert all(spans[p].parent_span_id == root.span_id and spans[p].trace_id == root.trace_id
+               for p in phases)
+    starts = [spans[p].start_time_unix_nano for p in phases]
+    assert starts == sorted(starts)

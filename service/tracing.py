@@ -1,0 +1,84 @@
+"""OpenTelemetry traces of every request's stages, off unless the ``OTEL_*`` variables ask.
+
+When they do (models/telemetry.py: ``OTEL_TRACES_EXPORTER=otlp`` or an OTLP
+endpoint), spans go out over OTLP/HTTP; the SDK reads the rest of the standard
+variables (sampler, endpoint, headers, batch delays; ``OTEL_SERVICE_NAME``,
+default ``ocellus``).
+
+The FastAPI instrumentation makes one server span per request (a caller's W3C
+``traceparent`` is its parent). Under it:
+
+- ``read body``: the upload read and parsed (service/uploads.py, service/oip.py);
+- ``decode``: decode and preprocess of one image, in the decode pool (its thread
+  runs in a copy of the request's context, so the span has the right parent);
+- ``queue``, ``forward`` and ``postprocess``: from the batcher's inference thread,
+  with the request's own times. One ``batch`` span per forward pass holds the
+  pass itself, linked to every request it served; each request's ``forward``
+  span links back to it;
+- ``encode``: the response built from the results.
+
+Attributes: ``ocellus.model``, ``ocellus.model.version``, ``ocellus.backend``,
+``ocellus.batch.size``, ``ocellus.images``. Without tracing, `tracer` is the API's
+no-op tracer and a span costs a function call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+
+from models.telemetry import install_provider
+
+log = logging.getLogger(__name__)
+
+tracer = trace.get_tracer("ocellus")
+# Probes and scrapes make no traces.
+EXCLUDED_URLS = "healthz,readyz,metrics,v2/health"
+
+
+def setup_tracing(app: Any) -> Any:
+    """Install the tracer provider (models/telemetry.py) and instrument `app`.
+
+    Returns:
+        The provider (`shutdown` flushes it), or None when tracing is off.
+    """
+    provider = install_provider("ocellus")
+    if provider is None:
+        return None
+    if app is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider,
+                                           excluded_urls=EXCLUDED_URLS)
+    log.info("tracing on: OTLP/HTTP to %s", os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT") or "the default endpoint",
+        extra={"event": "tracing_on"})
+    return provider
+
+
+@contextmanager
+def span(name: str, **attributes: Any) -> Iterator[Any]:
+    """A child span of the current one, with ``ocellus.*`` attributes (None values left out)."""
+    with tracer.start_as_current_span(name) as current:
+        if current.is_recording():
+            current.set_attributes({f"ocellus.{k}": v for k, v in attributes.items()
+                                    if v is not None})
+        yield current
+
+
+def model_attributes(served: Any) -> dict[str, Any]:
+    """The span attributes that name the model serving a request."""
+    return {"model": served.name, "model.version": str(served.manifest.version),
+            "backend": served.backend}
+
+
+def trace_id() -> str | None:
+    """The current trace's ID in hex (for exemplars and logs), None when not recorded."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid and ctx.trace_flags.sampled else None
