@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -66,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser: argparse.ArgumentParser = getattr(module, parser_fn)(f"ocellus {' '.join(words)}")
     args = parser.parse_args(argv[len(words):])
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One log format for every command (service/logs.py): text on a terminal, JSON lines
+    # elsewhere, so that a retraining job's decisions are events with their fields.
+    from service.logs import configure_logging
+
+    configure_logging(os.environ.get("OCELLUS_LOG_FORMAT", "auto"), "info")
 
     from models.errors import OcellusError
 

@@ -168,8 +168,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.close()
         store.close()
-        if app.state.tracing is not None:
-            app.state.tracing.shutdown()  # sends the spans still buffered
+        if app.state.tracing is not None:  # send the spans still buffered, off the loop
+            await anyio.to_thread.run_sync(app.state.tracing.force_flush)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

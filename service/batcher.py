@@ -103,7 +103,9 @@ def _trace_batch(model: str, batch: list[_Job], images: int, started_ns: int,
              for job in traced]
     attributes = {"ocellus.model": model, "ocellus.batch.size": images,
                   "ocellus.batch.requests": len(batch)}
-    shared = tracer.start_span("batch", context=otel_context.Context(), links=links,
+    # A child of the first traced request: sampled whenever that request is (a root
+    # of its own would be sampled apart, and the others' links could point at nothing).
+    shared = tracer.start_span("batch", context=traced[0].trace_context, links=links,
                                start_time=started_ns, attributes=attributes)
     shared.end(end_time=done_ns)
     back = [trace.Link(shared.get_span_context())]
@@ -331,19 +333,21 @@ class MicroBatcher:
                                                 job.metas, **job.options))
                 start += job.size
         done = time.perf_counter()
+        for job, result in zip(batch, per_job, strict=True):
+            job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+        # Accounted for once the answers are on their way, not in their path.
+        queue_wait = started - min(job.enqueued for job in batch)
+        self.stats.on_batch(n, queue_wait, forwarded - started, done - forwarded)
         _trace_batch(self.name, batch, n, started_ns,
                      started_ns + round((forwarded - started) * 1e9),
                      started_ns + round((done - started) * 1e9))
-        queue_wait = started - min(job.enqueued for job in batch)
-        self.stats.on_batch(n, queue_wait, forwarded - started, done - forwarded)
-        log.info("batch of %d images for %s", n, self.name, extra={
-            "event": "batch", "model": self.name, "images": n,
-            "request_ids": [job.request_id for job in batch],
-            "queue_ms": round(queue_wait * 1000, 2),
-            "forward_ms": round((forwarded - started) * 1000, 2),
-            "postprocess_ms": round((done - forwarded) * 1000, 2)})
-        for job, result in zip(batch, per_job, strict=True):
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+        if log.isEnabledFor(logging.INFO):
+            log.info("batch of %d images for %s", n, self.name, extra={
+                "event": "batch", "model": self.name, "images": n,
+                "request_ids": [job.request_id for job in batch],
+                "queue_ms": round(queue_wait * 1000, 2),
+                "forward_ms": round((forwarded - started) * 1000, 2),
+                "postprocess_ms": round((done - forwarded) * 1000, 2)})
 
     def close(self, timeout: float | None = 60) -> None:
         """Refuse new requests, finish the queued ones, stop the thread."""

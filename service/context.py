@@ -16,10 +16,15 @@ from __future__ import annotations
 import re
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 REQUEST_ID_HEADER = "x-request-id"
+# Probes and scrapes, every few seconds from each orchestrator and Prometheus: their
+# access lines are DEBUG (so that an INFO log shows the traffic that matters) and they
+# are not traced.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
+                          "/v2/health/ready"})
 MAX_ID_LENGTH = 128
 # Letters, digits and a few separators: safe in a header, a log line and a URL.
 _SAFE_ID = re.compile(rf"[A-Za-z0-9._:@+=/-]{{1,{MAX_ID_LENGTH}}}")
@@ -27,15 +32,12 @@ _SAFE_ID = re.compile(rf"[A-Za-z0-9._:@+=/-]{{1,{MAX_ID_LENGTH}}}")
 
 @dataclass
 class RequestContext:
-    """One request: its ID, route and, once known, the model that answered it."""
+    """One request: its ID and, once known, the model that answered it."""
 
     request_id: str
-    method: str = ""
-    route: str = ""
     model: str | None = None
     version: str | None = None
     images: int = 0
-    fields: dict[str, Any] = field(default_factory=dict)  # more, for the access line
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("ocellus_request", default=None)

@@ -25,7 +25,7 @@ from service import context, tracing
 FORMATS = ("auto", "text", "json")
 # What every LogRecord has; anything else on a record came from `extra`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "request_id", "taskName"}
+    "message", "asctime", "request_id", "taskName", "color_message"}  # uvicorn's ANSI copy
 
 
 class RequestIdFilter(logging.Filter):

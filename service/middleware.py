@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.tasks import TASKS
 from service import context
-from service.context import REQUEST_ID_HEADER
+from service.context import QUIET_ROUTES, REQUEST_ID_HEADER
 from service.errors import (
     disconnected_response,
     error_response,
@@ -28,10 +28,6 @@ from service.metrics import Metrics
 from service.tracing import trace_id
 
 access_log = logging.getLogger("ocellus.access")
-# Probes and scrapes, every few seconds from each orchestrator and Prometheus: their
-# access lines are DEBUG, so that an INFO log shows the traffic that matters.
-QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
-                          "/v2/health/ready"})
 
 # Each task's route, as the task table names it: /v1/classify, /v1/detect; and the
 # Open Inference Protocol's (service/routes/v2.py).
@@ -114,8 +110,7 @@ class RequestMiddleware:
         headers = dict(scope.get("headers", ()))
         given = headers.get(REQUEST_ID_HEADER.encode())
         ctx = context.RequestContext(
-            context.valid_id(given.decode("latin-1") if given else None) or context.new_id(),
-            method=scope["method"])
+            context.valid_id(given.decode("latin-1") if given else None) or context.new_id())
         token = context.enter(ctx)
         request_span = trace.get_current_span()  # the request's, when it is traced
         if request_span.is_recording():
@@ -136,30 +131,43 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            if started:  # nothing can be said any more: the connection is dropped
-                raise
-            # Here, not in Starlette's outermost handler, so that the 500 has the ID.
-            await internal_error(scope["method"], scope["path"], exc)(
-                scope, receive, send_wrapper)
+            if request_span.is_recording():
+                request_span.record_exception(exc)
+            # Here, not in Starlette's outermost handler, so that the log line and the
+            # 500 have the ID. Once the answer has begun, nothing more can be sent: the
+            # connection is closed with the answer cut short.
+            response = internal_error(scope["method"], scope["path"], exc)
+            if not started:
+                await response(scope, receive, send_wrapper)
+        except BaseException:  # cancelled (the server shutting down): logged as gone
+            if not started:
+                status = 499
+            raise
         finally:
-            seconds = time.perf_counter() - start
-            route = scope.get("route")
-            # Unmatched paths share one label value so the label stays bounded.
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
-            # A traced request's latency carries its trace ID: a Grafana panel can go from
-            # a slow bucket to the trace (shown to scrapers that ask for OpenMetrics).
-            tid = trace_id()
-            self.metrics.http_duration.labels(template).observe(
-                seconds, exemplar={"trace_id": tid} if tid else None)
-            access_log.log(
-                logging.DEBUG if template in QUIET_ROUTES else logging.INFO,
-                "%s %s %d %.1f ms", scope["method"], template, status, seconds * 1000,
-                extra={"event": "access", "method": scope["method"], "route": template,
-                       "status": status, "latency_ms": round(seconds * 1000, 2),
-                       **({"model": ctx.model, "version": ctx.version, "images": ctx.images}
-                          if ctx.model else {}), **ctx.fields})
-            context.leave(token)
+            try:
+                self._account(scope, ctx, status, time.perf_counter() - start)
+            finally:
+                context.leave(token)
+
+    def _account(self, scope: Scope, ctx: context.RequestContext, status: int,
+                 seconds: float) -> None:
+        """The request's metrics and its access line."""
+        route = scope.get("route")
+        # Unmatched paths share one label value so the label stays bounded.
+        template = getattr(route, "path", None) or "unmatched"
+        self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
+        # A traced request's latency carries its trace ID: a Grafana panel can go from
+        # a slow bucket to the trace (shown to scrapers that ask for OpenMetrics).
+        tid = trace_id()
+        self.metrics.http_duration.labels(template).observe(
+            seconds, exemplar={"trace_id": tid} if tid else None)
+        access_log.log(
+            logging.DEBUG if template in QUIET_ROUTES else logging.INFO,
+            "%s %s %d %.1f ms", scope["method"], template, status, seconds * 1000,
+            extra={"event": "access", "method": scope["method"], "route": template,
+                   "status": status, "latency_ms": round(seconds * 1000, 2),
+                   **({"model": ctx.model, "version": ctx.version, "images": ctx.images}
+                      if ctx.model else {})})
 
 
 class BodySizeLimitMiddleware:

@@ -12,6 +12,7 @@ version keeps serving, and the failure is logged and counted in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
@@ -182,7 +183,9 @@ class RegistryWatcher:
         return await self.reload(name, force=True)
 
     def _retire(self, old: ServedModel) -> None:
-        task = asyncio.get_running_loop().create_task(self._drain_and_close(old))
+        # In a fresh context: not the request's (an admin reload) that happened to retire it.
+        task = asyncio.get_running_loop().create_task(self._drain_and_close(old),
+                                                      context=contextvars.Context())
         self._retiring[task] = old
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,12 +34,13 @@ from typing import Any
 from opentelemetry import trace
 
 from models.telemetry import install_provider
+from service.context import QUIET_ROUTES
 
 log = logging.getLogger(__name__)
 
 tracer = trace.get_tracer("ocellus")
-# Probes and scrapes make no traces.
-EXCLUDED_URLS = "healthz,readyz,metrics,v2/health"
+# Probes and scrapes make no traces: their paths, anchored at the URL's end.
+EXCLUDED_URLS = ",".join(f"{re.escape(path)}$" for path in sorted(QUIET_ROUTES))
 
 
 def setup_tracing(app: Any) -> Any:
@@ -53,8 +55,10 @@ def setup_tracing(app: Any) -> Any:
     if app is not None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+        # No span per ASGI receive and send: one per body chunk of an upload otherwise.
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider,
-                                           excluded_urls=EXCLUDED_URLS)
+                                           excluded_urls=EXCLUDED_URLS,
+                                           exclude_spans=["receive", "send"])
     log.info("tracing on: OTLP/HTTP to %s", os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT") or "the default endpoint",

@@ -175,3 +175,4 @@ class OtlpReceiver:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()

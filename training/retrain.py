@@ -283,5 +283,5 @@ def main(args: argparse.Namespace) -> int:
             report = retrain(args)
     finally:
         if provider is not None:
-            provider.shutdown()  # sends the spans still buffered
+            provider.force_flush()  # sends the spans still buffered
     return EXIT_PROMOTED if report["promoted_version"] else EXIT_KEPT

@@ -74,8 +74,10 @@ async function api(path, { method = "GET", body, admin = false } = {}) {
   const ms = performance.now() - started;
   const type = response.headers.get("content-type") || "";
   const data = type.includes("json") ? await response.json().catch(() => null) : null;
-  return response.ok ? { ok: true, status: response.status, ms, data }
-    : { ok: false, status: response.status, ms, data, error: explain(response.status, data) };
+  const id = response.headers.get("x-request-id");  // to quote, or to find in the logs
+  return response.ok ? { ok: true, status: response.status, ms, data, id }
+    : { ok: false, status: response.status, ms, data, id,
+        error: `${explain(response.status, data)}${id ? ` Request ID: ${id}.` : ""}` };
 }
 
 function showError(id, message) {
@@ -247,10 +249,11 @@ async function runOne(file, model, q) {
   } else {
     const result = r.data.results[0];
     card.append(el("p", { class: "meta" },
-      `${result.width}×${result.height} px · ${Math.round(r.ms)} ms · ${r.data.model.name}, version ${r.data.model.version}`));
+      `${result.width}×${result.height} px · ${Math.round(r.ms)} ms · ${r.data.model.name}, version ${r.data.model.version} · request ${r.id}`));
     if (model.task === "classify") classifyCard(card, result); else detectCard(card, img, result);
   }
   card.dataset.latencyMs = String(Math.round(r.ms));
+  if (r.id) card.dataset.requestId = r.id;
   return { card, result: r.ok && r.data ? r.data.results[0] : null };
 }
 

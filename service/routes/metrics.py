@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.exposition import choose_encoder
 
 from service.deps import MetricsDep
 
@@ -19,7 +18,5 @@ router = APIRouter(prefix="/metrics", include_in_schema=False)
 
 @router.get("")
 async def metrics(m: MetricsDep, request: Request) -> Response:
-    if "application/openmetrics-text" in request.headers.get("accept", ""):
-        return Response(openmetrics.generate_latest(m.registry),
-                        media_type=openmetrics.CONTENT_TYPE_LATEST)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    encode, media_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(m.registry), media_type=media_type)

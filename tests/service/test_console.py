@@ -80,7 +80,9 @@ def test_classify_a_photo_shows_its_label(page, photos) -> None:
     card.locator(".bars li").first.wait_for()
     top = card.locator(".bars li .label").all_inner_texts()
     assert len(top) == 5 and any(c in top[0].lower() for c in ("cat", "tabby")), top
-    assert "ms" in card.locator(".meta").inner_text()  # the request's latency
+    meta = card.locator(".meta").inner_text()
+    # The request's latency, and its ID (the one in the service's log line and trace).
+    assert "ms" in meta and f"request {card.get_attribute('data-request-id')}" in meta, meta
     page.screenshot(path=ARTIFACTS / "classify-cat.png", full_page=True)
 
 
@@ -114,6 +116,7 @@ def test_a_bad_file_gets_plain_words(page, photos) -> None:
     error.wait_for()
     assert "could not be read as an image" in error.inner_text() or \
         "not supported" in error.inner_text(), error.inner_text()
+    assert "Request ID: " in error.inner_text()  # to quote
     page.locator("article.card[data-file='cat.jpg'] .bars li").first.wait_for()  # others go on
     page.screenshot(path=ARTIFACTS / "bad-file.png", full_page=True)
 

@@ -56,6 +56,7 @@ def _trees(receiver: OtlpReceiver, ids: list[tuple[str, str]], timeout: float = 
         if all({s.name for s in tree} >= set(STAGES) for tree in trees) \
                 or time.monotonic() > deadline:
             return trees
+        time.sleep(0.1)
 
 
 def test_a_batched_pair_of_requests_traced_stage_by_stage(server, receiver) -> None:
@@ -65,7 +66,8 @@ def test_a_batched_pair_of_requests_traced_stage_by_stage(server, receiver) -> N
             answers = list(pool.map(lambda tp: _traced(server.url, *tp), ids))
         assert all(a.status_code == 200 for a in answers)
         trees = _trees(receiver, ids)
-        forwards = [next(s for s in tree if s.name == "forward") for tree in trees]
+        forwards = [s for tree in trees for s in tree if s.name == "forward"]
+        assert len(forwards) == 2, [[s.name for s in tree] for tree in trees]
         batch_ids = {f.links[0].span_id for f in forwards}
         if len(batch_ids) == 1:
             break
@@ -111,10 +113,23 @@ def test_a_batched_pair_of_requests_traced_stage_by_stage(server, receiver) -> N
         (r.trace_id, r.span_id) for r in roots}
 
 
-def test_probes_are_not_traced_and_untraced_servers_cost_nothing(server, receiver) -> None:
+def test_probes_are_not_traced(server, receiver) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         assert httpx.get(f"{server.url}{path}").status_code == 200
     time.sleep(0.5)
     with receiver.lock:
         names = {s.name for s in receiver.spans}
     assert not any(p in n for n in names for p in ("healthz", "readyz", "metrics")), names
+
+
+def test_latency_exemplars_carry_trace_ids_in_openmetrics(server) -> None:
+    """Prometheus asks for OpenMetrics; a traced request's latency bucket names its trace."""
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    assert _traced(server.url, trace_id, parent).status_code == 200
+    accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")  # Prometheus's
+    r = httpx.get(f"{server.url}/metrics", headers={"Accept": accept})
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert f'# {{trace_id="{trace_id}"}}' in r.text
+    plain = httpx.get(f"{server.url}/metrics").text  # the classic format: no exemplars
+    assert "trace_id" not in plain and "ocellus_http_requests_total" in plain
