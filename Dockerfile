@@ -5,7 +5,9 @@
 # Where a registry is reachable, any Debian-based Python 3.11 image can be the base:
 #   docker build --build-arg BASE=python:3.11-slim-bookworm -t ocellus .
 # scripts/container-check.sh builds it, runs it as Kubernetes does and checks the answers.
-ARG BASE=ocellus-base:bookworm
+# The defaults are what a builder with internet access needs; scripts/build-image.sh
+# passes this machine's (a local base, PyPI's torch).
+ARG BASE=python:3.11-slim-bookworm
 
 # --- build: the venv, the NanoDet import and the int8 variants. Only /opt/venv and the
 # model cache leave this stage; npm and the downloads stay behind.
@@ -17,9 +19,14 @@ FROM ${BASE} AS build
 ARG EXTRA_CA_CERTS=""
 # torch's index. PyPI's x86_64 Linux wheel is the CUDA build (its nvidia-* wheels make
 # most of the image); https://download.pytorch.org/whl/cpu has the CPU-only one.
-ARG TORCH_INDEX_URL=https://pypi.org/simple
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Everything else's index (and any extra one, e.g. a mirror).
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_EXTRA_INDEX_URL=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
+    PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,8 @@ from models.export import (
     write_atomic,
 )
 from models.int8 import INT8_FILES, verify_int8_files
+
+log = logging.getLogger(__name__)
 
 CURRENT_FILE = "current"
 HISTORY_FILE = "history.json"
@@ -211,6 +214,8 @@ class ModelRegistry:
         with self._history_lock(name):
             write_atomic(self.root / name / CURRENT_FILE, version + "\n")
             self._append(name, "promote", version, reason)
+        log.info("registry: %s version %s promoted", name, version, extra={
+            "event": "model_promoted", "model": name, "version": version, "reason": reason})
 
     def rollback(self, name: str, *, reason: str = "") -> str:
         """Make the version promoted before the current one current again.
@@ -240,6 +245,9 @@ class ModelRegistry:
             target = stack[-1]
             write_atomic(self.root / name / CURRENT_FILE, target + "\n")
             self._append(name, "rollback", target, reason)
+        log.info("registry: %s rolled back to version %s", name, target, extra={
+            "event": "model_rolled_back", "model": name, "version": target,
+            "previous": current, "reason": reason})
         return target
 
     @contextmanager

@@ -26,7 +26,10 @@ if [ -n "$ca_dir" ] && [ -d "$ca_dir" ]; then
     certs="$(find "$ca_dir" -name '*.crt' -type f -print0 | sort -z | xargs -0r cat)"
     [ -z "$certs" ] || args+=(--build-arg "EXTRA_CA_CERTS=$certs")
 fi
-[ -z "${TORCH_INDEX_URL:-}" ] || args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+# download.pytorch.org (the Dockerfile's default, CPU-only wheels) is out of reach here:
+# PyPI's torch, the CUDA build, unless TORCH_INDEX_URL says otherwise.
+args+=(--build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://pypi.org/simple}")
+[ -z "${PIP_INDEX_URL:-}" ] || args+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")
 
 start=$(date +%s)
 docker build "${args[@]}" .
