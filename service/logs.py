@@ -87,8 +87,10 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> str:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler._ocellus = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    for old in list(root.handlers):
+    # Ours replaced (a second call), others kept: a host's, or a test's capturing one.
+    for old in [h for h in root.handlers if getattr(h, "_ocellus", False)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
