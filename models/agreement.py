@@ -60,8 +60,6 @@ def agreement(predictor: Predictor, reference: Any, candidate: Any, metas: list[
     return matched / total if total else 1.0
 
 
-
-
 def agreement_report(predictor: Predictor, reference: Any, candidate: Any,
                      metas: list[Any]) -> dict[str, float | int]:
     """The agreement measures for data without labels.

@@ -52,13 +52,12 @@ def setup_tracing(app: Any) -> Any:
     provider = install_provider("ocellus")
     if provider is None:
         return None
-    if app is not None:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        # No span per ASGI receive and send: one per body chunk of an upload otherwise.
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider,
-                                           excluded_urls=EXCLUDED_URLS,
-                                           exclude_spans=["receive", "send"])
+    # No span per ASGI receive and send: one per body chunk of an upload otherwise.
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider,
+                                       excluded_urls=EXCLUDED_URLS,
+                                       exclude_spans=["receive", "send"])
     log.info("tracing on: OTLP/HTTP to %s", os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT") or "the default endpoint",

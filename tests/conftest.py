@@ -141,6 +141,19 @@ def start_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def start_replicas(start_server):
+    """Factory: `n` servers with the same args and env, loading side by side; returns them
+    once all are ready."""
+    def start(n: int, *args: str, env: dict[str, str] | None = None) -> list[Server]:
+        servers = [start_server(*args, env=env, ready=False) for _ in range(n)]
+        for server in servers:
+            server.wait_ready()
+        return servers
+
+    return start
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """100 train images per class (train split), 50 val per class (test split)."""
     if not FASHION_MNIST.is_dir():

@@ -216,12 +216,8 @@ def test_inference_is_resent_to_another_replica_an_admin_rollback_is_not(tmp_pat
 # --- three real replicas --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def replicas(start_server, tiny_exports):
-    servers = [start_server("--model", str(tiny_exports[0]), env=ENV, ready=False)
-               for _ in range(3)]
-    for server in servers:  # the three load side by side
-        server.wait_ready()
-    return servers
+def replicas(start_replicas, tiny_exports):
+    return start_replicas(3, "--model", str(tiny_exports[0]), env=ENV)
 
 
 def _addr(server) -> str:

@@ -23,12 +23,8 @@ RULES_DIR = REPO / "deploy/prometheus"
 
 
 @pytest.fixture(scope="module")
-def replicas(start_server, tiny_exports):
-    servers = [start_server("--model", str(tiny_exports[0]), env=QUICK_START, ready=False)
-               for _ in range(2)]
-    for server in servers:  # the two load side by side
-        server.wait_ready()
-    return servers
+def replicas(start_replicas, tiny_exports):
+    return start_replicas(2, "--model", str(tiny_exports[0]), env=QUICK_START)
 
 
 @pytest.fixture(scope="module")
