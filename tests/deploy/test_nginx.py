@@ -112,9 +112,18 @@ class Nginx:
                     pytest.fail(f"nginx did not start:\n{self.error_log.read_text()}")
                 time.sleep(0.05)
 
-    def entries(self) -> list[dict]:
-        """The access log, one dict per request (the config's JSON log_format)."""
-        return [json.loads(line) for line in self.access_log.read_text().splitlines()]
+    def entries(self, at_least: int = 0) -> list[dict]:
+        """The access log, one dict per request (the config's JSON log_format).
+
+        nginx writes a request's line after its answer has gone out, so a client can
+        read the answer first: wait (up to 5 s) until `at_least` lines are there.
+        """
+        deadline = time.monotonic() + 5
+        while True:
+            lines = self.access_log.read_text().splitlines()
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -193,7 +202,7 @@ def test_a_replicas_503_passes_through_with_its_retry_after(tmp_path) -> None:
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     with stub_replicas(answer) as (addrs, seen), running_nginx(addrs, tmp_path) as nginx:
         r = _classify(nginx.url)
-        (entry,) = nginx.entries()
+        (entry,) = nginx.entries(at_least=1)
     assert r.status_code == 503 and r.headers["retry-after"] == "7", r.headers
     assert r.content == body
     # Tried on each replica (proxy_next_upstream_tries 3); the last 503 is the answer.
@@ -204,7 +213,7 @@ def test_inference_is_resent_to_another_replica_an_admin_rollback_is_not(tmp_pat
     with stub_replicas(None) as (addrs, seen), running_nginx(addrs, tmp_path) as nginx:
         infer = _classify(nginx.url)
         rollback = httpx.post(f"{nginx.url}/v1/models/tiny/rollback", timeout=30)
-        entries = nginx.entries()
+        entries = nginx.entries(at_least=2)
     # Every replica received the classify request (non_idempotent); one the rollback.
     assert [len(tries(e)) for e in entries] == [3, 1], entries
     assert sum(seen) == 4, seen
@@ -295,8 +304,9 @@ def test_prometheus_adds_up_what_nginx_spread(nginx, prometheus, replicas) -> No
     results = Load(nginx.url, clients=4, per_client=20, seconds=30).join()
     sent = len(results)
     assert sent == 80 and all(o == "200" for _, o in results), Counter(o for _, o in results)
-    assert len(nginx.entries()) - before == sent  # nginx logged each request once
-    want = {addr: float(n) for addr, n in answered_by(nginx.entries()).items()}
+    entries = nginx.entries(at_least=before + sent)
+    assert len(entries) - before == sent  # nginx logged each request once
+    want = {addr: float(n) for addr, n in answered_by(entries).items()}
     assert len(want) == 3, f"least_conn sent requests to {sorted(want)} only"
     got = _wait_per_instance(prometheus, OK_PROMQL, want)  # every instance: `want` has 3
     total = prometheus_query(prometheus, f"sum({OK_PROMQL})")[0]["value"][1]
@@ -329,7 +339,7 @@ def test_no_request_fails_while_replicas_are_killed_and_terminated(
     outcomes = Counter(o for _, o in results)
     after_kill = sum(t > t_kill for t, _ in results)
     after_gone = sum(t > t_gone for t, _ in results)
-    entries = nginx.entries()[before:]
+    entries = nginx.entries(at_least=before + len(results))[before:]
     retried = [e for e in entries if len(tries(e)) > 1]
     errors = nginx.error_log.read_text()
     refused = errors.count("Connection refused")
