@@ -55,7 +55,7 @@ image:
 	scripts/build-image.sh
 
 # Builds the image, runs it as `docker run` and as deploy/k8s do, and checks the answers;
-# not part of `make test` (a cold build alone takes minutes).
+# `make test` runs it too (tests/deploy/test_container.py) where an engine can start.
 image-check:
 	scripts/container-check.sh
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests read real data from (Fashion-MNIST, darknet's
-# photos), Prometheus with its promtool, nginx, and Chromium. Idempotent: it does
-# nothing when they are present, and needs root (or sudo) otherwise.
+# photos), Prometheus with its promtool, nginx, Chromium, and a Docker engine.
+# Idempotent: it does nothing when they are present, and needs root (or sudo) otherwise.
 set -euo pipefail
 want=()
 [ -d /usr/share/datasets/fashion-mnist ] || want+=(dataset-fashion-mnist)
@@ -25,6 +25,10 @@ want=()
 # A docker client without its compose plugin does not count: check that compose answers.
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
     || want+=(docker-compose)
+# tests/deploy/test_container.py builds and runs the image (scripts/container-check.sh):
+# Debian's Docker engine, and mmdebstrap for the base image no registry can give here.
+[ -x /usr/sbin/dockerd ] || want+=(docker.io)
+[ -x /usr/bin/mmdebstrap ] || want+=(mmdebstrap)
 [ -n "${want[*]:-}" ] || exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
