@@ -25,6 +25,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     **{("train", task.name): (task.train, "get_args_parser", "main",
                               f"fine-tune a pretrained backbone for {task.name!r}; export it")
        for task in TASKS.values()},
+    ("backbones",): ("cli.backbones", "get_args_parser", "main",
+                     "list the backbones: parameters, GFLOPs, input size, weights, detection"),
     ("evaluate",): ("training.evaluate", "get_args_parser", "main",
                     "evaluate an export on a data set; JSON report and plots"),
     ("data", "fashion-mnist"): ("cli.data", "fashion_mnist_parser", "fashion_mnist_main",

@@ -20,9 +20,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from torchvision.models import ResNet50_Weights
-
-from models.backbones.weights import hub_cache_path
+from models.backbones.catalog import pretrained_weights_file
 from models.classification.classifier import imagenet_classifier
 from models.detection.nanodet import (
     FETCH_COMMAND,
@@ -48,8 +46,7 @@ _SOURCES = {
 
 def default_classifier_backbone() -> str:
     """``resnet50`` if torchvision's weights are cached, else ``efficientnet_lite0``."""
-    cached = hub_cache_path(ResNet50_Weights.IMAGENET1K_V2.url).is_file()
-    return "resnet50" if cached else "efficientnet_lite0"
+    return "resnet50" if pretrained_weights_file("resnet50").is_file() else "efficientnet_lite0"
 
 
 def default_classifier_export(cache_dir: Path, backbone: str | None = None) -> Path:

@@ -15,6 +15,11 @@ class WeightsUnavailableError(OcellusError):
     """Pretrained weights are neither cached nor downloadable."""
 
 
+class BackboneArgumentError(OcellusError, ValueError):
+    """A backbone cannot do what it was asked: take an input of this size (too small, not
+    whole patches), or train more stages than it has."""
+
+
 class ExportError(OcellusError):
     """An export directory is missing, malformed, tampered with or mismatched."""
 

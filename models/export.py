@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from models.errors import ExportError
+from models.backbones.base import Backbone
+from models.errors import BackboneArgumentError, ExportError
 from models.factory import build_model
 from models.preprocess import Preprocessing
 from models.tasks import TASKS
@@ -199,8 +200,8 @@ def load_export(path: str | Path, *, device: str | torch.device = "cpu"
 
     Raises:
         ExportError: Missing files, a bad manifest, a weights hash mismatch
-            (tampering or a mixed-up file), or weights that don't fit the
-            architecture.
+            (tampering or a mixed-up file), weights that don't fit the
+            architecture, or an input size its backbone cannot take.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -228,4 +229,14 @@ def load_export(path: str | Path, *, device: str | torch.device = "cpu"
     if outputs is not None and outputs != len(manifest.labels):
         raise ExportError(f"{path}: the model outputs {outputs} classes, the manifest names "
                           f"{len(manifest.labels)} labels; they must be equal")
+    # Every input is resized to the manifest's size: one the backbone cannot take is the
+    # export's fault, refused here rather than failing each request as if it were bad.
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, Backbone):
+        size = manifest.preprocess.crop_size
+        try:
+            backbone.check_input_size(size, size)
+        except BackboneArgumentError as exc:
+            raise ExportError(f"{path}: the manifest resizes inputs to {size} px, but {exc}"
+                              ) from exc
     return model.eval().to(device), manifest

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import QUICK_START, TINY_LABELS, free_port, make_tiny_export
+from helpers import QUICK_START, free_port, make_detector_export, make_tiny_export
 
 from models.export import Manifest
 
@@ -75,6 +75,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def torch_hub_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty torch hub folder for the test (``torch.hub.set_dir``), restored afterwards:
+    pretrained weights are looked for, and would be downloaded, there."""
+    import torch
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        yield tmp_path / "hub"
+    finally:
+        torch.hub.set_dir(old)
 
 
 class Server:
@@ -230,17 +244,6 @@ def tiny_exports(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_detector_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained 3-class detector ("tinydet") at 64 px: quick to load."""
-    import torch
-
-    from models.detection.detector import Detector
-    from models.export import Manifest, save_export
-
-    torch.manual_seed(0)
-    model = Detector("efficientnet_lite0", len(TINY_LABELS), width=16, img_size=64,
-                     backbone_weights=None)
-    manifest = Manifest(task="detect", name="tinydet", labels=list(TINY_LABELS),
-                        preprocessing=model.preprocessing.to_dict(),
-                        architecture={"name": "detector", "args": model.model_args})
     out = tmp_path_factory.mktemp("tinydet") / "export"
-    save_export(model, out, manifest)
+    make_detector_export(out)
     return out

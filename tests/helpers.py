@@ -14,10 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from models.classification.classifier import ImageClassifier
+    from models.detection.detector import Detector
 
 # Server settings for tests that are not about the backend or batch sizes: eager, no
 # measuring at start-up (which takes seconds per model).
@@ -39,20 +44,47 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make_tiny_export(out: Path, *, seed: int = 0, name: str = "tiny") -> Path:
     """An untrained efficientnet_lite0 classifier of 3 classes at 64 px: quick to load."""
+    make_classifier_export(out, seed=seed, name=name)
+    return out
+
+
+def make_classifier_export(out: Path, backbone: str = "efficientnet_lite0", *,
+                           labels: list[str] = TINY_LABELS, size: int = 64, seed: int = 0,
+                           name: str = "tiny") -> ImageClassifier:
+    """An untrained classifier export on `backbone` at `size` px; returns the model (eval)."""
     import torch
 
     from models.classification.classifier import ImageClassifier
     from models.export import Manifest, save_export
 
     torch.manual_seed(seed)
-    model = ImageClassifier("efficientnet_lite0", len(TINY_LABELS), backbone_weights=None)
-    pre = model.backbone.preprocessing.with_size(64)
+    model = ImageClassifier(backbone, len(labels), backbone_weights=None).eval()
+    pre = model.backbone.preprocessing.with_size(size)
     manifest = Manifest(
-        task="classify", name=name, labels=list(TINY_LABELS), preprocessing=pre.to_dict(),
+        task="classify", name=name, labels=list(labels), preprocessing=pre.to_dict(),
         architecture={"name": "classifier", "args": {
-            "backbone": "efficientnet_lite0", "num_classes": len(TINY_LABELS), "dropout": 0.2}})
+            "backbone": backbone, "num_classes": len(labels), "dropout": 0.2}})
     save_export(model, out, manifest)
-    return out
+    return model
+
+
+def make_detector_export(out: Path, backbone: str = "efficientnet_lite0", *,
+                         labels: list[str] = TINY_LABELS, size: int = 64, width: int = 16,
+                         seed: int = 0, name: str = "tinydet") -> Detector:
+    """An untrained detector export on `backbone` at `size` px; returns the model (eval)."""
+    import torch
+
+    from models.detection.detector import Detector
+    from models.export import Manifest, save_export
+
+    torch.manual_seed(seed)
+    model = Detector(backbone, len(labels), width=width, img_size=size,
+                     backbone_weights=None).eval()
+    manifest = Manifest(task="detect", name=name, labels=list(labels),
+                        preprocessing=model.preprocessing.to_dict(),
+                        architecture={"name": "detector", "args": model.model_args})
+    save_export(model, out, manifest)
+    return model
 
 
 def promql_metric_names(expr: str) -> set[str]:

@@ -39,6 +39,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from models.backbones.catalog import uniform_trainable_stages
 from models.errors import RegistryError
 from models.export import Manifest, write_atomic
 from models.registry import ModelRegistry
@@ -141,6 +142,17 @@ def candidate_args(parser: argparse.ArgumentParser, champion: Manifest, champion
     for key in ("epochs", "lr"):
         if getattr(job, key) is not None:
             setattr(args, key, getattr(job, key))
+    if getattr(args, "trainable_stages", None) is not None:
+        # An export made before the backbones' stages were uniform counts its own stages.
+        recorded = args.trainable_stages
+        args.trainable_stages = uniform_trainable_stages(
+            args.backbone, recorded, champion.training.get("frozen_stages", ()))
+        # A frozen backbone (the mode wins over the count) trains no stage either way.
+        frozen = getattr(args, "mode", None) == "feature-extract" or \
+            getattr(args, "freeze_backbone", False)
+        if args.trainable_stages != recorded and not frozen:
+            log.info("the champion's --trainable-stages %d counts %s's stages of before the "
+                     "uniform stages: %d now", recorded, args.backbone, args.trainable_stages)
     args.weights, args.init_from, args.name = "none", champion_path, job.name
     args.device, args.time_budget, args.no_progress = job.device, job.time_budget, True
     return args

@@ -4,14 +4,19 @@ EfficientNet-Lite is EfficientNet made friendly to mobile accelerators: no
 squeeze-excite, ReLU6 instead of swish, and a stem (32) and head (1280) that
 are not scaled with width. Lite0 uses the B0 block arguments unscaled.
 
-Stages (output channels, stride): ``stem`` (32, 2), ``stage1`` (16, 2),
+Modules (output channels, stride): ``stem`` (32, 2), ``stage1`` (16, 2),
 ``stage2`` (24, 4), ``stage3`` (40, 8), ``stage4`` (80, 16), ``stage5``
 (112, 16), ``stage6`` (192, 32), ``stage7`` (320, 32), ``head`` (1280, 32).
+They keep these names (the state-dict keys of every export), grouped into the
+uniform stages: ``stem`` = stem + stage1, ``layer1`` = stage2, ``layer2`` =
+stage3, ``layer3`` = stage4 + stage5, ``layer4`` = stage6 + stage7 + head.
+Before the uniform stages each module was a stage (nine);
+`Backbone.trainable_stages_from_legacy` translates such counts.
 
 ``forward_pyramid`` returns the outputs of stage3, stage5 and stage7
 (40, 112, 320 channels at strides 8, 16, 32), as EfficientDet does: the 320-ch
 map is four times lighter for a detection neck than the 1280-ch head output.
-The ``head`` stage (1x1 conv to 1280) therefore only serves
+The ``head`` module (1x1 conv to 1280) therefore only serves
 ``forward_features``, on which the pretrained ImageNet classifier sits.
 """
 
@@ -124,8 +129,9 @@ class EfficientNetLiteBackbone(Backbone):
     """EfficientNet-Lite0 without pooling and classifier (3.4M parameters, 1280 features)."""
 
     name = "efficientnet_lite0"
-    stage_names = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6",
-                   "stage7", "head")
+    stage_members = {"stem": ("stem", "stage1"), "layer1": ("stage2",),
+                     "layer2": ("stage3",), "layer3": ("stage4", "stage5"),
+                     "layer4": ("stage6", "stage7", "head")}
     num_features = _HEAD_CHANNELS
     pyramid_channels = (40, 112, 320)
     preprocessing = PREPROCESSING
@@ -155,7 +161,8 @@ class EfficientNetLiteBackbone(Backbone):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input_size(*x.shape[-2:])
         x = self.stage2(self.stage1(self.stem(x)))  # (B, 24, H/4, W/4)
         c3 = self.stage3(x)  # (B, 40, H/8, W/8)
         c4 = self.stage5(self.stage4(c3))  # (B, 112, H/16, W/16)
@@ -163,7 +170,7 @@ class EfficientNetLiteBackbone(Backbone):
         return [c3, c4, c5]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_pyramid(x)[-1])  # (B, 1280, H/32, W/32)
+        return self.head(self.forward_stages(x)[-1])  # (B, 1280, H/32, W/32)
 
 
 def _block_index() -> list[str]:
@@ -236,7 +243,7 @@ def pretrained_weights_path() -> Path:
     return path
 
 
-@add_backbone("efficientnet_lite0")
+@add_backbone("efficientnet_lite0", weights_file=pretrained_weights_path)
 def efficientnet_lite0(*, weights: Weights = "imagenet") -> EfficientNetLiteBackbone:
     """EfficientNet-Lite0 (4.7M parameters with its ImageNet head, 1280 features).
 

@@ -1,10 +1,11 @@
 """An anchor-free YOLO-style detector over any backbone in the catalog.
 
-backbone (strides 8/16/32) → light FPN+PAN neck (all levels `width` channels)
-→ decoupled head per level: a box branch predicting, for each side (left, top,
-right, bottom), a distribution over `reg_max` distances in stride units (DFL,
-as in YOLOv8), and a class branch predicting independent class logits. One
-prediction per grid cell; the anchor point is the cell centre.
+backbone (its pyramid at strides 8/16/32, `PYRAMID_STRIDES`) → light FPN+PAN
+neck (all levels `width` channels) → decoupled head per level: a box branch
+predicting, for each side (left, top, right, bottom), a distribution over
+`reg_max` distances in stride units (DFL, as in YOLOv8), and a class branch
+predicting independent class logits. One prediction per grid cell; the anchor
+point is the cell centre.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import torch
 from torch import nn
 
 from models.backbones import create_backbone
+from models.backbones.base import PYRAMID_STRIDES
 from models.backbones.catalog import Weights
 from models.preprocess import Preprocessing
-
-STRIDES = (8, 16, 32)
 
 
 class DetectorOutput(NamedTuple):
@@ -123,26 +123,28 @@ class Detector(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if img_size % STRIDES[-1]:
-            raise ValueError(f"img_size must be a multiple of {STRIDES[-1]}, got {img_size}")
+        if img_size % PYRAMID_STRIDES[-1]:
+            raise ValueError(f"img_size must be a multiple of {PYRAMID_STRIDES[-1]}, "
+                             f"got {img_size}")
         self.backbone_name, self.num_classes, self.width = backbone, num_classes, width
         self.reg_max, self.img_size = reg_max, img_size
         self.backbone = create_backbone(backbone, weights=backbone_weights)
+        self.backbone.check_input_size(img_size, img_size)  # an error naming the minimum
         self.neck = PANNeck(self.backbone.pyramid_channels, width)
         c_box = max(16, width // 4, 4 * reg_max)
         c_cls = max(width, min(num_classes, 100))
         self.box_head = nn.ModuleList(
             nn.Sequential(conv_bn_act(width, c_box), conv_bn_act(c_box, c_box),
-                          nn.Conv2d(c_box, 4 * reg_max, 1)) for _ in STRIDES)
+                          nn.Conv2d(c_box, 4 * reg_max, 1)) for _ in PYRAMID_STRIDES)
         self.cls_head = nn.ModuleList(
             nn.Sequential(conv_bn_act(width, c_cls), conv_bn_act(c_cls, c_cls),
-                          nn.Conv2d(c_cls, num_classes, 1)) for _ in STRIDES)
+                          nn.Conv2d(c_cls, num_classes, 1)) for _ in PYRAMID_STRIDES)
         self._init_biases()
 
     def _init_biases(self) -> None:
         # As in YOLOv8: start with ~5 objects per 640² image, so the class loss is
         # not swamped by confident background at step 0; box bins start uniform-ish.
-        for box, cls, s in zip(self.box_head, self.cls_head, STRIDES, strict=True):
+        for box, cls, s in zip(self.box_head, self.cls_head, PYRAMID_STRIDES, strict=True):
             nn.init.constant_(box[-1].bias, 1.0)
             nn.init.constant_(cls[-1].bias, math.log(5 / self.num_classes / (640 / s) ** 2))
 
@@ -164,7 +166,7 @@ class Detector(nn.Module):
         feats = self.neck(self.backbone.forward_pyramid(x))  # 3 x (B, W, S/s, S/s)
         dist = [h(f).flatten(2) for h, f in zip(self.box_head, feats, strict=True)]
         cls = [h(f).flatten(2) for h, f in zip(self.cls_head, feats, strict=True)]
-        anchors, strides = make_anchors([f.shape[-2:] for f in feats], STRIDES,
+        anchors, strides = make_anchors([f.shape[-2:] for f in feats], PYRAMID_STRIDES,
                                         device=x.device, dtype=x.dtype)
         return DetectorOutput(torch.cat(dist, 2).transpose(1, 2),  # (B, A, 4R)
                               torch.cat(cls, 2).transpose(1, 2),  # (B, A, C)

@@ -103,17 +103,27 @@ def test_tf_same_padding_is_asymmetric_for_stride_2():
     assert conv(x).shape == (1, 1, 4, 4)
 
 
-@pytest.mark.parametrize("k", range(10))
-def test_freeze_leaves_exactly_the_top_k_stages_trainable(k):
-    net = E.efficientnet_lite0(weights=None)
-    names = net.stage_names
-    assert len(names) == 9
-    net.freeze(k)
-    for i, (name, stage) in enumerate(net.stages().items()):
-        trainable = i >= len(names) - k
-        assert all(p.requires_grad == trainable for p in stage.parameters()), name
-    net.train()
-    assert all(not m.training for n in net.frozen_stages for m in getattr(net, n).modules())
+def test_uniform_stages_group_the_modules_under_their_names(random_net):
+    # The modules keep their names, so every export's state-dict keys are unchanged.
+    assert [m for stage in random_net.stage_names for m in random_net.members(stage)] == [
+        "stem", *(f"stage{i}" for i in range(1, 8)), "head"]
+    assert "stage3.0.expand.conv.weight" in random_net.state_dict()
+
+
+@pytest.mark.parametrize("legacy,uniform", [(0, 0), (1, 1), (2, 1), (3, 1), (4, 2), (5, 2),
+                                            (6, 3), (7, 4), (8, 5), (9, 5)])
+def test_a_count_of_the_nine_old_stages_becomes_the_fewest_uniform_ones_covering_it(
+        random_net, legacy, uniform):
+    old_stages = [m for stage in random_net.stage_names for m in random_net.members(stage)]
+    trained_before = set(old_stages[len(old_stages) - legacy:]) if legacy else set()
+    assert random_net.trainable_stages_from_legacy(legacy) == uniform
+    random_net.freeze(uniform)
+    try:
+        now = {m for stage in random_net.stage_names if stage not in random_net.frozen_stages
+               for m in random_net.members(stage)}
+        assert trained_before <= now
+    finally:
+        random_net.unfreeze()
 
 
 def test_missing_package_error_says_how_to_install(monkeypatch):

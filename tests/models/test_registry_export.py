@@ -1,4 +1,4 @@
-"""Every registered backbone builds, runs and exports; exports round-trip and refuse tampering."""
+"""Exports round-trip and refuse tampering (every backbone's round trip: test_backbones.py)."""
 
 from __future__ import annotations
 
@@ -7,62 +7,32 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_classifier_export
 
-from models.backbones import create_backbone, list_backbones
 from models.classification.classifier import ImageClassifier
 from models.classification.predictor import ClassificationPredictor
-from models.errors import ExportError, WeightsUnavailableError
-from models.export import MANIFEST_FILE, WEIGHTS_FILE, Manifest, load_export, save_export
+from models.errors import ExportError
+from models.export import MANIFEST_FILE, WEIGHTS_FILE, load_export
 from models.predictor import load_predictor
 
 
 def _export(tmp_path: Path, backbone: str, num_classes: int = 3) -> tuple[ImageClassifier, Path]:
-    torch.manual_seed(0)
-    model = ImageClassifier(backbone, num_classes).eval()
-    manifest = Manifest(
-        task="classify",
-        architecture={"name": "classifier", "args": {"backbone": backbone,
-                                                     "num_classes": num_classes}},
-        labels=[f"c{i}" for i in range(num_classes)],
-        preprocessing=model.backbone.preprocessing.with_size(64).to_dict(),
-        dataset={"fingerprint": "test"},
-    )
     out = tmp_path / backbone
-    save_export(model, out, manifest)
-    return model, out
+    labels = [f"c{i}" for i in range(num_classes)]
+    return make_classifier_export(out, backbone, labels=labels), out
 
 
-@pytest.mark.parametrize("name", list_backbones())
-def test_backbone_builds_runs_and_exports(name: str, tmp_path: Path) -> None:
-    backbone = create_backbone(name, weights=None)
-    x = torch.randn(2, 3, 64, 64)
-    pyramid = backbone.forward_pyramid(x)
-    assert [p.shape[1] for p in pyramid] == list(backbone.pyramid_channels)
-    assert [p.shape[-1] for p in pyramid] == [8, 4, 2]  # strides 8, 16, 32
-    assert backbone(x).shape == (2, backbone.num_features)
-    assert backbone.stage_names and backbone.preprocessing.crop_size > 0
-
-    model, out = _export(tmp_path, name)
+def test_an_export_describes_itself_and_loads_alone(tmp_path: Path) -> None:
+    model, out = _export(tmp_path, "resnet18")
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     for key in ("task", "architecture", "labels", "preprocessing", "metrics", "dataset",
                 "created_at", "weights_sha256"):
         assert key in manifest
     loaded, m = load_export(out)
+    x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x))
     assert m.labels == ["c0", "c1", "c2"]
-
-
-def test_freeze_by_stage_name() -> None:
-    backbone = create_backbone("resnet18", weights=None)
-    backbone.freeze(2)
-    assert backbone.frozen_stages == ("stem", "layer1", "layer2")
-    assert not any(p.requires_grad for p in backbone.layer2.parameters())
-    assert all(p.requires_grad for p in backbone.layer3.parameters())
-    backbone.train()
-    assert not backbone.layer1.training and backbone.layer4.training
-    with pytest.raises(ValueError, match="between 0 and 5"):
-        backbone.freeze(9)
 
 
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
@@ -122,14 +92,9 @@ def test_predictor_from_export(tmp_path: Path) -> None:
     assert abs(sum(c.score for c in predictor.predict([image], top_k=3)[0]) - 1) < 1e-5
 
 
-def test_offline_resnet_weights_name_the_file(tmp_path: Path) -> None:
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(WeightsUnavailableError) as info:
-            create_backbone("resnet50")
-    finally:
-        torch.hub.set_dir(old)
-    message = str(info.value)
-    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in message
-    assert "--weights PATH" in message
+def test_an_input_size_the_backbone_cannot_take_is_refused_at_load(tmp_path: Path) -> None:
+    # Inputs are resized to the manifest's size, so the export is at fault, not a request.
+    make_classifier_export(tmp_path / "export", "alexnet", size=32)
+    with pytest.raises(ExportError, match="resizes inputs to 32 px, but alexnet needs "
+                                          "inputs of at least 63 px"):
+        load_export(tmp_path / "export")

@@ -121,3 +121,14 @@ def test_predictor_evaluation_equals_the_manifest(detector_export, synth_detect_
         assert report[key] == pytest.approx(stored[key], abs=1e-6), key
     assert report["per_class_ap"] == pytest.approx(stored["per_class_ap"], abs=1e-6)
     assert report["num_images"] == stored["num_images"] == manifest["dataset"]["num_val"]
+
+
+def test_a_backbone_too_coarse_for_the_image_size_fails_clearly(
+        tmp_path: Path, tiny_yaml: Path, capsys: pytest.CaptureFixture) -> None:
+    # Inception-v3's unpadded layers need 75 px: a 64 px detector is refused as one line.
+    assert ocellus_in_process(["train", "detect", "--data", str(tiny_yaml), "--out",
+                               str(tmp_path / "x"), "--backbone", "inception_v3",
+                               "--weights", "none", "--img-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "error: inception_v3 needs inputs of at least 75 px a side, got 64x64" in err
+    assert not (tmp_path / "x").exists()

@@ -213,6 +213,36 @@ def test_a_candidate_trains_with_the_champions_recipe_and_the_jobs_overrides(
     assert args.img_size == champion.preprocessing["crop_size"]
 
 
+@pytest.mark.parametrize("mode,recorded,frozen,expected,logged", [
+    # All nine of efficientnet_lite0's stages of before: all five uniform ones.
+    ("fine-tune", 9, [], 5, True),
+    ("fine-tune", 2, ["stem", *(f"stage{i}" for i in range(1, 7))], 1, True),  # stage7, head
+    ("fine-tune", 2, ["stem", "layer1", "layer2"], 2, False),  # uniform: unchanged
+    ("feature-extract", 9, [], 5, False),  # the mode freezes every stage: nothing to tell
+])
+def test_a_champions_trainable_stages_of_before_the_uniform_stages_are_translated(
+        mode: str, recorded: int, frozen: list[str], expected: int, logged: bool,
+        tiny_classifier, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    from training.classify.train import get_args_parser
+
+    path, manifest = tiny_classifier
+    champion = replace(
+        manifest,
+        architecture={**manifest.architecture,
+                      "args": {**manifest.architecture["args"], "backbone": "efficientnet_lite0"}},
+        training={**manifest.training, "frozen_stages": frozen,
+                  "args": {**manifest.training["args"], "mode": mode,
+                           "trainable_stages": recorded}})
+    job = argparse.Namespace(data=tmp_path / "new", name="colors", device="cpu", epochs=None,
+                             lr=None, time_budget=None)
+    with caplog.at_level("INFO", logger="training.retrain"):
+        args = candidate_args(get_args_parser(), champion, path, job, tmp_path / "candidate")
+    assert (args.backbone, args.trainable_stages) == ("efficientnet_lite0", expected)
+    assert ("--trainable-stages" in caplog.text) == logged
+
+
 @pytest.mark.slow
 def test_the_jobs_phases_are_traced(registry_with_weak_champion: Path) -> None:
     """With OTEL_* set, one trace: retrain → train, evaluate champion, evaluate candidate,

@@ -62,7 +62,8 @@ def get_args_parser(prog: str = "ocellus train detect") -> argparse.ArgumentPars
     frozen.add_argument("--freeze-backbone", action="store_true",
                         help="train the neck and head only")
     frozen.add_argument("--trainable-stages", type=int, default=None, metavar="K",
-                        help="train only the top K backbone stages (default: all)")
+                        help="train only the top K of the backbone's 5 stages (stem, "
+                             "layer1..layer4; default: all)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--img-size", type=int, default=320, help="letterbox side, a multiple of 32")
     p.add_argument("--batch-size", type=int, default=16,
@@ -213,9 +214,9 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
             best, best_epoch = -1.0, -1
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
     # `net` is what trains (DDP under torchrun); `model` is evaluated, saved and exported.
-    # A backbone's classification parts (its ImageNet head, efficientnet_lite's `head`
-    # stage) are not in the pyramid the neck reads: they get no gradient, and DDP must
-    # be told.
+    # A backbone's classification parts (its ImageNet head; the EfficientNets' and
+    # MobileNetV3's head conv and pre-logits, ConvNeXt's final norm) are not in the pyramid
+    # the neck reads: they get no gradient, and DDP must be told.
     net = world.wrap(model, find_unused_parameters=True)
 
     deadline = None if args.time_budget is None else started + args.time_budget * 60
