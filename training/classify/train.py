@@ -6,8 +6,16 @@ the served `ClassificationPredictor`. Two modes of transfer learning:
 
 - ``feature-extract``: the backbone is frozen (weights and batch-norm
   statistics); only the new head trains.
-- ``fine-tune``: the top ``--trainable-stages`` stages train too, at
-  ``--backbone-lr-scale`` times the head's learning rate.
+- ``fine-tune`` (the default): the top ``--trainable-stages`` of the backbone's five
+  uniform stages train too, at ``--backbone-lr-scale`` times the head's learning
+  rate (times ``--layer-decay`` per stage below the top one).
+
+The default recipe was chosen by `benchmarks/transfer_learning.py` at equal CPU
+time (docs/training.md): fine-tune the top two stages (their backward pass is
+half the cost of the whole network's, so twice the epochs fit), random resized
+crops of 60% of the area or more and flips without a policy on top (TrivialAugment
+and mixup/CutMix cost more epochs than a short schedule has), and evaluate and
+export an EMA of the weights.
 
 Under ``torchrun`` it trains data-parallel (`training.distributed`):
 ``--batch-size`` stays the global batch, rank 0 evaluates, checkpoints and
@@ -20,12 +28,14 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from models.backbones import list_backbones
@@ -41,6 +51,7 @@ from training.classify.data import (
 )
 from training.classify.evaluate import evaluate_classifier
 from training.distributed import LOCAL, DistributedContext, distributed
+from training.ema import ModelEMA
 from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
 
@@ -55,7 +66,7 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--backbone", default="efficientnet_lite0", choices=list_backbones())
     p.add_argument("--weights", default="imagenet",
                    help="backbone init: imagenet, none (from scratch) or a state-dict path")
-    p.add_argument("--mode", default="feature-extract", choices=["feature-extract", "fine-tune"])
+    p.add_argument("--mode", default="fine-tune", choices=["feature-extract", "fine-tune"])
     p.add_argument("--trainable-stages", type=int, default=2,
                    help="fine-tune: how many of the backbone's top stages train")
     p.add_argument("--epochs", type=int, default=10)
@@ -63,14 +74,24 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
                    help="global batch: under torchrun each of N processes takes BATCH/N")
     p.add_argument("--img-size", type=int, default=None,
                    help="input side; default: the backbone's pretraining size")
-    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
-    p.add_argument("--backbone-lr-scale", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=2e-3, help="head learning rate")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.5)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--augment", default="trivialaugment",
-                   choices=["trivialaugment", "colorjitter", "none"])
+    p.add_argument("--augment", default="none", choices=["none", "trivialaugment", "colorjitter"],
+                   help="a policy on top of the random resized crop and flip")
+    p.add_argument("--crop-scale", type=float, default=0.6,
+                   help="random resized crops keep this fraction of the image area, or more")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="mixup's alpha; 0: off (with --cutmix: one of the two per batch)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="cutmix's alpha; 0: off")
+    p.add_argument("--ema-decay", type=float, default=0.998,
+                   help="evaluate and export an EMA of the weights with this decay; 0: off")
+    p.add_argument("--layer-decay", type=float, default=1.0,
+                   help="fine-tune: each stage below the top learns at this times the "
+                        "learning rate of the stage above it")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on the CPU")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     p.add_argument("--time-budget", type=float, default=None,
@@ -90,22 +111,36 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
 
 
 def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict[str, Any]]:
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    """The head at ``--lr``; each trainable stage at ``--lr × --backbone-lr-scale``, times
+    ``--layer-decay`` per stage below the top one (layer-wise learning-rate decay)."""
     groups = [{"params": list(model.head.parameters()), "lr": args.lr}]
-    if backbone:
-        groups.append({"params": backbone, "lr": args.lr * args.backbone_lr_scale})
+    stages = list(model.backbone.stages().values())
+    for depth, stage in enumerate(reversed(stages)):  # depth 0: the top stage
+        params = [p for p in stage.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": args.lr * args.backbone_lr_scale
+                           * args.layer_decay ** depth})
     return groups
+
+
+def batch_mixer(args: argparse.Namespace, num_classes: int) -> Callable | None:
+    """Mixup and/or CutMix over a batch (torchvision's), or None when both are off."""
+    mixers = [m(alpha=a, num_classes=num_classes) for m, a in
+              ((v2.MixUp, args.mixup), (v2.CutMix, args.cutmix)) if a > 0]
+    return None if not mixers else mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader: DataLoader,
                     device: torch.device, epoch: int, *, bf16: bool = False,
                     deadline: float | None = None, progress: bool = True,
-                    world: DistributedContext = LOCAL) -> dict[str, float]:
+                    world: DistributedContext = LOCAL, mix: Callable | None = None,
+                    ema: ModelEMA | None = None) -> dict[str, float]:
     """One pass over `loader` (cut short at `deadline`); returns the mean loss and the steps.
 
     Under torchrun, `model` is the DDP-wrapped one, `loader` this rank's shard,
-    and the loss is the mean over every rank's images.
+    and the loss is the mean over every rank's images. `mix` blends each batch (its
+    targets become class probabilities); `ema` is updated after every step.
     """
     model.train()
     total, seen, steps = 0.0, 0, 0
@@ -115,12 +150,16 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         images = images.to(device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
+        if mix is not None:
+            images, targets = mix(images, targets)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = criterion(model(images), targets)  # logits (B, K)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model)
         total += loss.item() * len(targets)
         seen += len(targets)
         steps += 1
@@ -171,14 +210,20 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
 
     manifest = run_manifest("classify", args, architecture=architecture, labels=splits.classes,
                             preprocessing=pre.to_dict())
-    predictor = ClassificationPredictor(model, manifest, device)
-    train_set = ImageListDataset(splits.train, train_transform(pre, augment=args.augment))
+    # `served` is what is evaluated, kept as the best epoch and exported: the model, or
+    # the moving average of its weights.
+    ema = ModelEMA(model, args.ema_decay) if args.ema_decay else None
+    served = ema.module if ema else model
+    predictor = ClassificationPredictor(served, manifest, device)
+    train_set = ImageListDataset(splits.train, train_transform(
+        pre, augment=args.augment, crop_scale=args.crop_scale))
     sampler = world.sampler(train_set, seed=args.seed)  # None: one process shuffles it all
     shard = len(train_set) if sampler is None else len(sampler)
     loader = DataLoader(train_set, batch_size=local_batch, shuffle=sampler is None,
                         sampler=sampler, drop_last=shard > local_batch, num_workers=args.workers,
                         persistent_workers=args.workers > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    mix = batch_mixer(args, len(splits.classes))
     optimizer = torch.optim.AdamW(_param_groups(model, args), weight_decay=args.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps=args.epochs * len(loader),
                               warmup_steps=round(args.warmup_epochs * len(loader)))
@@ -193,6 +238,8 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
         # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
+        if ema is not None:  # a checkpoint without one starts the average at its weights
+            ema.load_state_dict(ckpt.get("ema") or {"module": ckpt["model"], "updates": 0})
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         start_epoch = ckpt["epoch"] + 1
@@ -211,7 +258,8 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
             sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
         losses = train_one_epoch(net, criterion, optimizer, scheduler, loader, device, epoch,
                                  bf16=args.bf16, deadline=deadline,
-                                 progress=not args.no_progress and world.is_main, world=world)
+                                 progress=not args.no_progress and world.is_main, world=world,
+                                 mix=mix, ema=ema)
         # Rank 0 evaluates while the others wait at the gather. The random states are
         # taken after it: evaluating draws from the generator (a DataLoader's seed).
         metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2) \
@@ -223,13 +271,14 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
                             "train_loss": losses["loss"], "val_top1": metrics["top1"],
                             "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
                             "minutes": (time.monotonic() - started) / 60})
-            improved = metrics["top1"] > best
+            improved = metrics["top1"] >= best  # a tie goes to the later, longer-trained epoch
             if improved:
                 best, best_epoch, best_metrics = metrics["top1"], epoch, metrics
             log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1,
                      args.epochs, losses["loss"], metrics["top1"], metrics["top5"],
                      "  (best)" if improved else "")
             ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "ema": None if ema is None else ema.state_dict(),
                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
                     # Plain types only (paths as text), so the checkpoint loads with weights_only.
                     "args": plain_args(args), "best_top1": best, "best_epoch": best_epoch,
@@ -251,14 +300,15 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
     if best_epoch < 0:
         raise RuntimeError("no epoch was trained; nothing to export")
     if best_metrics is None or best_epoch != history[-1]["epoch"]:
-        model.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location="cpu",
-                                         weights_only=True)["model"])
+        kept = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
+        served.load_state_dict(kept["ema"]["module"] if ema and kept.get("ema")
+                               else kept["model"])
     if best_metrics is None:  # resumed, and no epoch beat the best before it
         best_metrics = evaluate(predictor, splits.val, batch_size=args.batch_size * 2)
     dataset = dataset_entry(args.data, splits.classes, Path(args.data),
                             train=[(p,) for p, _ in splits.train],
                             val=[(p,) for p, _ in splits.val])
-    manifest = export_run(model, manifest, args, metrics=best_metrics, dataset=dataset,
+    manifest = export_run(served, manifest, args, metrics=best_metrics, dataset=dataset,
                           history=history, best_epoch=best_epoch, started=started,
                           checkpoint=ckpt_dir / "best.pt")
     log.info("exported %s (val top-1 %.4f at epoch %d)", args.out, best_metrics["top1"],
