@@ -60,6 +60,10 @@ class DatasetError(OcellusError):
     """A training or evaluation data set is missing or malformed."""
 
 
+class CheckpointError(OcellusError):
+    """A training checkpoint cannot be resumed by this run."""
+
+
 class RegistryError(OcellusError):
     """A model registry folder, name or version is missing or malformed."""
 

@@ -12,7 +12,8 @@ The division of labour, as in torchvision's reference scripts:
   random stream for augmentation) with ``--batch-size / WORLD_SIZE`` images per
   step, so the global batch, and with it the learning rate, means what it means
   in one process;
-- rank 0 alone evaluates (the full val split, with the plain model), logs,
+- rank 0 alone evaluates (the full val split, with the model unwrapped, or the
+  EMA of its weights that rank 0 alone keeps), logs,
   checkpoints and exports, and decides when to stop; the others wait for its
   decision (`DistributedContext.broadcast`) and log only warnings.
 """

@@ -57,6 +57,10 @@ WORK_DIR = ".tmp"  # REGISTRY/<name>/.tmp: the jobs' work folders
 # the starting weights and the export are, and how this job runs.
 JOB_OPTIONS = frozenset({"data", "out", "weights", "init_from", "resume", "name", "version",
                          "device", "time_budget", "no_progress"})
+# Options added after a champion was trained are missing from its recorded arguments:
+# what its run did before they existed, so that retraining keeps its recipe.
+BEFORE_RECORDED = {"crop_scale": 0.25, "ema_decay": 0.0, "mixup": 0.0, "cutmix": 0.0,
+                   "layer_decay": 1.0}
 
 
 def get_args_parser(prog: str = "ocellus retrain") -> argparse.ArgumentParser:
@@ -133,7 +137,9 @@ def candidate_args(parser: argparse.ArgumentParser, champion: Manifest, champion
         out: Where the candidate's export goes.
     """
     args = parser.parse_args(["--data", str(job.data), "--out", str(out)])
-    recipe = {**champion.training.get("args", {}), **champion.architecture.get("args", {})}
+    champion_args = champion.training.get("args")
+    recipe = {**(BEFORE_RECORDED if champion_args else {}), **(champion_args or {}),
+              **champion.architecture.get("args", {})}
     if "crop_size" in champion.preprocessing:
         recipe["img_size"] = champion.preprocessing["crop_size"]
     for key, value in recipe.items():

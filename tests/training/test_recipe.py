@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from models.classification.classifier import ImageClassifier
+from models.errors import CheckpointError
 from models.predictor import load_predictor
 from training.classify.train import _param_groups, batch_mixer, get_args_parser, main
 from training.ema import ModelEMA
@@ -56,6 +57,15 @@ def test_mixing_blends_images_and_targets() -> None:
     images, targets = mix(torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1]))
     assert images.shape == (6, 3, 8, 8) and targets.shape == (6, 4)
     assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert (targets.max(1).values < 1).all()  # each a blend of two classes, not one-hot
+
+    args.cutmix = 0.0  # mixup alone: every image a blend with its neighbour in the batch
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    images, targets = batch_mixer(args, num_classes=4)(x, y)
+    lam = targets[0, 0]  # each image keeps lam of its own class, 1 - lam of the one before
+    assert torch.allclose(targets, lam * nn.functional.one_hot(y, 4)
+                          + (1 - lam) * nn.functional.one_hot(y.roll(1), 4))
+    assert torch.allclose(images, lam * x + (1 - lam) * x.roll(1, 0), atol=1e-6)
     args.mixup = args.cutmix = 0.0
     assert batch_mixer(args, num_classes=4) is None
 
@@ -70,7 +80,7 @@ def test_the_export_is_the_ema_and_resume_continues_it(tmp_path: Path, make_shap
             "--no-progress"]
     main(get_args_parser().parse_args([*base, "--epochs", "1"]))
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert last["ema"]["updates"] == 3  # 12 training images in batches of 4
+    assert last["ema"]["updates"] == 3  # 15 training images: 3 full batches of 4
     resumed = main(get_args_parser().parse_args(
         [*base, "--epochs", "2", "--resume", str(out / "checkpoints" / "last.pt")]))
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
@@ -82,3 +92,21 @@ def test_the_export_is_the_ema_and_resume_continues_it(tmp_path: Path, make_shap
     assert torch.equal(served[weight], best["ema"]["module"][weight])
     assert not torch.equal(served[weight], best["model"][weight])  # the average, not the model
     assert resumed.training["args"]["ema_decay"] == 0.9
+
+    # A checkpoint without an average (one written with --ema-decay 0) starts it at its
+    # weights; one whose optimiser trains other stages is refused, naming the options.
+    plain = out / "checkpoints" / "plain.pt"
+    torch.save({**last, "ema": None}, plain)
+    main(get_args_parser().parse_args([*base, "--epochs", "3", "--resume", str(plain)]))
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert last["ema"]["updates"] == 3  # one epoch since the resume
+    with pytest.raises(CheckpointError, match="--trainable-stages 5"):
+        main(get_args_parser().parse_args(
+            [*base, "--trainable-stages", "2", "--epochs", "3", "--resume", str(plain)]))
+
+
+def test_crop_scale_must_be_a_fraction_of_the_image(capsys: pytest.CaptureFixture) -> None:
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(SystemExit):
+            get_args_parser().parse_args(["--data", "x", "--out", "y", "--crop-scale", bad])
+        assert "expected a fraction in (0, 1]" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from PIL import Image
 from cli.main import main as ocellus
 from models.registry import ModelRegistry
 from training.retrain import (
+    BEFORE_RECORDED,
     EXIT_ERROR,
     EXIT_KEPT,
     EXIT_PROMOTED,
@@ -211,6 +212,28 @@ def test_a_candidate_trains_with_the_champions_recipe_and_the_jobs_overrides(
     assert (args.epochs, args.lr, args.time_budget) == (7, recipe["lr"], 2.5)
     assert args.no_progress and args.resume is None
     assert args.img_size == champion.preprocessing["crop_size"]
+
+
+def test_options_a_champion_never_recorded_keep_what_its_run_did(tiny_classifier,
+                                                                 tmp_path: Path) -> None:
+    """A champion trained before --crop-scale, --ema-decay, mixing and layer decay existed
+    retrains as it trained (crops from 25% of the area, no EMA), not with today's defaults."""
+    from dataclasses import replace
+
+    from training.classify.train import get_args_parser
+
+    path, manifest = tiny_classifier
+    older = {k: v for k, v in manifest.training["args"].items() if k not in BEFORE_RECORDED}
+    champion = replace(manifest, training={**manifest.training, "args": older})
+    job = argparse.Namespace(data=tmp_path / "new", name="colors", device="cpu", epochs=None,
+                             lr=None, time_budget=None)
+    args = candidate_args(get_args_parser(), champion, path, job, tmp_path / "candidate")
+    assert {k: getattr(args, k) for k in BEFORE_RECORDED} == BEFORE_RECORDED
+    assert get_args_parser().get_default("crop_scale") != 0.25  # today's default differs
+    recorded = replace(manifest, training={**manifest.training, "args": {
+        **manifest.training["args"], "ema_decay": 0.99}})
+    args = candidate_args(get_args_parser(), recorded, path, job, tmp_path / "candidate")
+    assert args.ema_decay == 0.99  # what was recorded wins
 
 
 @pytest.mark.parametrize("mode,recorded,frozen,expected,logged", [

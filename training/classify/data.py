@@ -80,13 +80,13 @@ def load_splits(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -
     return Splits(classes, train, val)
 
 
-def train_transform(preprocessing: Preprocessing, *, augment: str = "trivialaugment",
-                    crop_scale: float = 0.25) -> Callable[[torch.Tensor], torch.Tensor]:
+def train_transform(preprocessing: Preprocessing, *, augment: str = "none",
+                    crop_scale: float = 0.6) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training augmentation as in torchvision's reference recipe, on uint8 tensors.
 
     Random resized crop (scale from `crop_scale`: the usual 0.08 is too harsh for the
-    short schedules of transfer learning), horizontal flip, then TrivialAugment or
-    colour jitter, then the pretrained weights' normalisation.
+    short schedules of transfer learning), horizontal flip, then TrivialAugment,
+    colour jitter or nothing (`augment`), then the pretrained weights' normalisation.
     """
     ops: list[Callable] = [
         v2.RandomResizedCrop(preprocessing.crop_size, scale=(crop_scale, 1.0),

@@ -11,11 +11,12 @@ the served `ClassificationPredictor`. Two modes of transfer learning:
   rate (times ``--layer-decay`` per stage below the top one).
 
 The default recipe was chosen by `benchmarks/transfer_learning.py` at equal CPU
-time (docs/training.md): fine-tune the top two stages (their backward pass is
-half the cost of the whole network's, so twice the epochs fit), random resized
-crops of 60% of the area or more and flips without a policy on top (TrivialAugment
-and mixup/CutMix cost more epochs than a short schedule has), and evaluate and
-export an EMA of the weights.
+time (docs/training.md#the-transfer-learning-recipe): fine-tune the top two
+stages (their backward pass costs about half of the whole network's, so nearly
+twice the epochs fit), with random resized crops of 60% of the area or more and
+flips. An EMA of the weights (``--ema-decay``), mixup and CutMix, TrivialAugment
+and layer-wise learning-rate decay are options: none of them gained more than the
+run-to-run noise there.
 
 Under ``torchrun`` it trains data-parallel (`training.distributed`):
 ``--batch-size`` stays the global batch, rank 0 evaluates, checkpoints and
@@ -41,6 +42,7 @@ from tqdm import tqdm
 from models.backbones import list_backbones
 from models.classification.classifier import ImageClassifier
 from models.classification.predictor import ClassificationPredictor
+from models.errors import CheckpointError
 from models.export import Manifest
 from training.checkpoint import adopt_best, restore_rng, rng_state
 from training.classify.data import (
@@ -50,7 +52,7 @@ from training.classify.data import (
     train_transform,
 )
 from training.classify.evaluate import evaluate_classifier
-from training.distributed import LOCAL, DistributedContext, distributed
+from training.distributed import LOCAL, DistributedContext, distributed, unwrap
 from training.ema import ModelEMA
 from training.export import dataset_entry, export_run, init_from_export, plain_args, run_manifest
 from training.schedule import warmup_cosine
@@ -82,13 +84,14 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--augment", default="none", choices=["none", "trivialaugment", "colorjitter"],
                    help="a policy on top of the random resized crop and flip")
-    p.add_argument("--crop-scale", type=float, default=0.6,
+    p.add_argument("--crop-scale", type=_fraction, default=0.6,
                    help="random resized crops keep this fraction of the image area, or more")
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup's alpha; 0: off (with --cutmix: one of the two per batch)")
     p.add_argument("--cutmix", type=float, default=0.0, help="cutmix's alpha; 0: off")
-    p.add_argument("--ema-decay", type=float, default=0.998,
-                   help="evaluate and export an EMA of the weights with this decay; 0: off")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="evaluate and export an EMA of the weights, its decay rising to "
+                        "this as (1+n)/(10+n) after n steps; 0: off")
     p.add_argument("--layer-decay", type=float, default=1.0,
                    help="fine-tune: each stage below the top learns at this times the "
                         "learning rate of the stage above it")
@@ -108,6 +111,14 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
                         "and its head when its labels are the data's (ocellus retrain)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _fraction(text: str) -> float:
+    """A number in (0, 1], for argparse."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return value
 
 
 def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -147,11 +158,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     # disable=None: a bar only on a terminal.
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
     for images, targets in bar:
-        images = images.to(device, non_blocking=True).contiguous(
-            memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mix is not None:
             images, targets = mix(images, targets)
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = criterion(model(images), targets)  # logits (B, K)
         optimizer.zero_grad(set_to_none=True)
@@ -159,7 +170,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update(model.module if hasattr(model, "module") else model)
+            ema.update(unwrap(model))
         total += loss.item() * len(targets)
         seen += len(targets)
         steps += 1
@@ -169,6 +180,22 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             break
     total, seen = world.sum([total, seen])
     return {"loss": total / max(seen, 1), "steps": steps}
+
+
+def _check_optimizer_layout(ckpt: dict[str, Any], optimizer: torch.optim.Optimizer,
+                            path: Path) -> None:
+    """Refuse, naming the cause, a checkpoint whose optimiser trains other parameters."""
+    saved = [len(g["params"]) for g in ckpt["optimizer"]["param_groups"]]
+    mine = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != mine:
+        was = ckpt.get("args", {})
+        raise CheckpointError(
+            f"{path}: its optimiser has parameter groups of {saved} tensors, this run's "
+            f"{mine}. Resume with the options it was trained with (--mode "
+            f"{was.get('mode')} --trainable-stages {was.get('trainable_stages')} "
+            f"--layer-decay ...), or start afresh: a checkpoint written before the "
+            f"per-stage learning rates (one backbone group) cannot be resumed in fine-tune "
+            f"mode.")
 
 
 def evaluate(predictor: ClassificationPredictor, samples: list[Sample], *,
@@ -211,8 +238,8 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
     manifest = run_manifest("classify", args, architecture=architecture, labels=splits.classes,
                             preprocessing=pre.to_dict())
     # `served` is what is evaluated, kept as the best epoch and exported: the model, or
-    # the moving average of its weights.
-    ema = ModelEMA(model, args.ema_decay) if args.ema_decay else None
+    # the moving average of its weights (on rank 0 alone: the others export nothing).
+    ema = ModelEMA(model, args.ema_decay) if args.ema_decay and world.is_main else None
     served = ema.module if ema else model
     predictor = ClassificationPredictor(served, manifest, device)
     train_set = ImageListDataset(splits.train, train_transform(
@@ -233,17 +260,20 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
     if world.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
+    gained = -1  # the last epoch that beat all before it (a tie is no gain): patience
     best_metrics: dict[str, Any] | None = None
     if args.resume:
         # weights_only: a checkpoint is data; unpickling arbitrary objects would run code.
         ckpt = torch.load(args.resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
+        _check_optimizer_layout(ckpt, optimizer, args.resume)
         if ema is not None:  # a checkpoint without one starts the average at its weights
             ema.load_state_dict(ckpt.get("ema") or {"module": ckpt["model"], "updates": 0})
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         start_epoch = ckpt["epoch"] + 1
         best, best_epoch, history = ckpt["best_top1"], ckpt["best_epoch"], ckpt["history"]
+        gained = ckpt.get("gained", best_epoch)
         restore_rng(ckpt.get("rng"), rank=world.rank, world_size=world.world_size)
         if world.is_main and not adopt_best(args.resume, ckpt_dir / "best.pt"):
             best, best_epoch = -1.0, -1
@@ -272,6 +302,8 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
                             "val_top5": metrics["top5"], "lr": scheduler.get_last_lr()[0],
                             "minutes": (time.monotonic() - started) / 60})
             improved = metrics["top1"] >= best  # a tie goes to the later, longer-trained epoch
+            if metrics["top1"] > best:
+                gained = epoch
             if improved:
                 best, best_epoch, best_metrics = metrics["top1"], epoch, metrics
             log.info("epoch %d/%d  loss %.4f  val top-1 %.4f  top-5 %.4f%s", epoch + 1,
@@ -282,11 +314,11 @@ def _train(args: argparse.Namespace, world: DistributedContext) -> Manifest | No
                     "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
                     # Plain types only (paths as text), so the checkpoint loads with weights_only.
                     "args": plain_args(args), "best_top1": best, "best_epoch": best_epoch,
-                    "history": history, "rng": rng}
+                    "history": history, "gained": gained, "rng": rng}
             torch.save(ckpt, ckpt_dir / "last.pt")
             if improved:
                 torch.save(ckpt, ckpt_dir / "best.pt")
-            if epoch - best_epoch >= args.patience:
+            if epoch - gained >= args.patience:
                 log.info("early stop: no improvement for %d epochs", args.patience)
                 stop = True
             elif deadline is not None and time.monotonic() > deadline:
