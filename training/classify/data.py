@@ -80,7 +80,7 @@ def load_splits(data: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -
     return Splits(classes, train, val)
 
 
-def train_transform(preprocessing: Preprocessing, *, augment: str = "none",
+def train_transform(preprocessing: Preprocessing, *, augment: str = "trivialaugment",
                     crop_scale: float = 0.6) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training augmentation as in torchvision's reference recipe, on uint8 tensors.
 

@@ -13,9 +13,9 @@ the served `ClassificationPredictor`. Two modes of transfer learning:
 The default recipe was chosen by `benchmarks/transfer_learning.py` at equal CPU
 time (docs/training.md#the-transfer-learning-recipe): fine-tune the top two
 stages (their backward pass costs about half of the whole network's, so nearly
-twice the epochs fit), with random resized crops of 60% of the area or more and
-flips. An EMA of the weights (``--ema-decay``), mixup and CutMix, TrivialAugment
-and layer-wise learning-rate decay are options: none of them gained more than the
+twice the epochs fit), with random resized crops of 60% of the area or more, flips
+and TrivialAugment. An EMA of the weights (``--ema-decay``), mixup and CutMix, and
+layer-wise learning-rate decay are options: none of them gained more than the
 run-to-run noise there.
 
 Under ``torchrun`` it trains data-parallel (`training.distributed`):
@@ -82,7 +82,8 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--augment", default="none", choices=["none", "trivialaugment", "colorjitter"],
+    p.add_argument("--augment", default="trivialaugment",
+                   choices=["none", "trivialaugment", "colorjitter"],
                    help="a policy on top of the random resized crop and flip")
     p.add_argument("--crop-scale", type=_fraction, default=0.6,
                    help="random resized crops keep this fraction of the image area, or more")
