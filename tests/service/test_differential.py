@@ -26,6 +26,10 @@ Tolerances (stated once, here):
   threshold: at least `INT8_MIN_AGREEMENT` of the answers within `INT8` (scores
   within 0.1, boxes at IoU >= 0.5). Its accuracy drop is gated when it is made
   (training/quantize.py); here, a few answers on ambiguous photos may differ.
+  Detections are compared from the served default threshold up (`INT8_FROM_SCORE`),
+  as the gate compares them: below it, int8's score noise moves weak boxes in and
+  out of NMS against their neighbours (a request at conf 0.05 on dog.jpg gained a
+  second bicycle box at 0.18 in one quantization and not in another).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import pytest
 from PIL import Image
 
 from service.backends import cpu_has_bf16
+from service.options import DetectOptions
 
 DARKNET = Path("/usr/share/darknet/data")
 
@@ -64,6 +69,7 @@ FP32 = Tolerance(score=1e-3, box_px=0.5)
 BF16 = Tolerance(score=0.05, min_iou=0.75)
 INT8 = Tolerance(score=0.1, min_iou=0.5)
 INT8_MIN_AGREEMENT = 0.8
+INT8_FROM_SCORE = DetectOptions().conf  # the served default, which the int8 gate judges at
 
 # torchvision 0.29's codecs warn that they are deprecated (models/imaging.py).
 pytestmark = [pytest.mark.slow,
@@ -295,7 +301,10 @@ def test_backend_answers_what_eager_answers_alone(backend, start_server, exports
     disagreeing: dict[str, list[str]] = {}  # int8 against eager, per model
     for ref_answers, answers, tol in checks:
         for sent, ref, got in zip(requests, ref_answers, answers, strict=True):
-            diff = differences(ref, got, tol, conf=sent[3].get("conf"))
+            conf = sent[3].get("conf")
+            if tol is INT8:  # boxes scoring over INT8_FROM_SCORE: conf + tolerance above it
+                conf = max(conf or 0.0, INT8_FROM_SCORE - INT8.score)
+            diff = differences(ref, got, tol, conf=conf)
             report[sent[1]] = report.get(sent[1], 0) + bool(diff)
             if diff and tol is INT8:  # counted against the agreement threshold below
                 disagreeing.setdefault(sent[1], []).append(f"{sent}: {diff[:3]}")
