@@ -106,7 +106,11 @@ def test_the_export_is_the_ema_and_resume_continues_it(tmp_path: Path, make_shap
 
 
 def test_crop_scale_must_be_a_fraction_of_the_image(capsys: pytest.CaptureFixture) -> None:
-    for bad in ("0", "1.5", "-0.2"):
+    for bad in ("0", "1.5", "-0.2", "abc"):
         with pytest.raises(SystemExit):
             get_args_parser().parse_args(["--data", "x", "--out", "y", "--crop-scale", bad])
         assert "expected a fraction in (0, 1]" in capsys.readouterr().err
+    for bad in ("1", "1.5", "-0.1", "x"):  # checked before any process starts training
+        with pytest.raises(SystemExit):
+            get_args_parser().parse_args(["--data", "x", "--out", "y", "--ema-decay", bad])
+        assert "expected 0 or a decay in (0, 1)" in capsys.readouterr().err

@@ -12,11 +12,11 @@ the served `ClassificationPredictor`. Two modes of transfer learning:
 
 The default recipe was chosen by `benchmarks/transfer_learning.py` at equal CPU
 time (docs/training.md#the-transfer-learning-recipe): fine-tune the top two
-stages (their backward pass costs about half of the whole network's, so nearly
-twice the epochs fit), with random resized crops of 60% of the area or more, flips
-and TrivialAugment. An EMA of the weights (``--ema-decay``), mixup and CutMix, and
-layer-wise learning-rate decay are options: none of them gained more than the
-run-to-run noise there.
+stages (frozen stages need no backward pass, so more epochs fit the same CPU time,
+and at equal CPU they scored more than every stage), with random resized crops of
+60% of the area or more, flips and TrivialAugment. An EMA of the weights
+(``--ema-decay``), mixup and CutMix, and layer-wise learning-rate decay are options:
+none of them gained consistently there.
 
 Under ``torchrun`` it trains data-parallel (`training.distributed`):
 ``--batch-size`` stays the global batch, rank 0 evaluates, checkpoints and
@@ -90,7 +90,7 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup's alpha; 0: off (with --cutmix: one of the two per batch)")
     p.add_argument("--cutmix", type=float, default=0.0, help="cutmix's alpha; 0: off")
-    p.add_argument("--ema-decay", type=float, default=0.0,
+    p.add_argument("--ema-decay", type=_decay, default=0.0,
                    help="evaluate and export an EMA of the weights, its decay rising to "
                         "this as (1+n)/(10+n) after n steps; 0: off")
     p.add_argument("--layer-decay", type=float, default=1.0,
@@ -116,9 +116,23 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
 
 def _fraction(text: str) -> float:
     """A number in (0, 1], for argparse."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return value
+
+
+def _decay(text: str) -> float:
+    """0 (off) or a number in (0, 1), for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value == 0.0 or 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"expected 0 or a decay in (0, 1), got {text}")
     return value
 
 
@@ -193,10 +207,9 @@ def _check_optimizer_layout(ckpt: dict[str, Any], optimizer: torch.optim.Optimiz
         raise CheckpointError(
             f"{path}: its optimiser has parameter groups of {saved} tensors, this run's "
             f"{mine}. Resume with the options it was trained with (--mode "
-            f"{was.get('mode')} --trainable-stages {was.get('trainable_stages')} "
-            f"--layer-decay ...), or start afresh: a checkpoint written before the "
-            f"per-stage learning rates (one backbone group) cannot be resumed in fine-tune "
-            f"mode.")
+            f"{was.get('mode')} --trainable-stages {was.get('trainable_stages')}), or "
+            f"start afresh: a checkpoint written before the per-stage learning rates (one "
+            f"group for the whole backbone) resumes only with one trainable stage.")
 
 
 def evaluate(predictor: ClassificationPredictor, samples: list[Sample], *,
