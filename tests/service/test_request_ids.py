@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import threading
 import time
 
 import httpx
@@ -87,13 +88,23 @@ def test_errors_carry_the_id_in_header_and_body(server) -> None:
 
 def test_a_batch_line_names_the_requests_it_served(server) -> None:
     """A pair sent together shares a forward pass when the second is decoding as the
-    first is queued (service/batcher.py); that is likely, not certain, so up to five
-    pairs are sent, and every batch line must name exactly the requests it served."""
+    first is queued (service/batcher.py); that is likely, not certain, so each pair
+    is sent on connections opened beforehand and released at once (a barrier), up
+    to fifteen pairs, and every batch line must name exactly the requests it served."""
+    def send(rid: str, ready: threading.Barrier) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            client.get("/healthz")  # the connection is open before the race starts
+            ready.wait(timeout=10)
+            return client.post("/v1/classify", headers={"X-API-Key": API_KEY,
+                                                         "X-Request-ID": rid},
+                               files={"file": ("a.png", png_bytes())})
+
     shared = None
-    for attempt in range(5):
+    for attempt in range(15):
         ids = [f"pair{attempt}-a", f"pair{attempt}-b"]
+        ready = threading.Barrier(2)
         with cf.ThreadPoolExecutor(2) as pool:
-            answers = list(pool.map(lambda rid: _classify(server.url, rid), ids))
+            answers = list(pool.map(lambda rid, ready=ready: send(rid, ready), ids))
         assert [a.headers["x-request-id"] for a in answers] == ids
         lines = _lines(server, until=lambda ls, ids=ids: sum(
             len(set(x.get("request_ids", ())) & set(ids)) for x in ls) == 2)
@@ -105,7 +116,7 @@ def test_a_batch_line_names_the_requests_it_served(server) -> None:
         if len(batches) == 1:
             shared = batches[0]
             break
-    assert shared is not None, "no pair of five shared a forward pass"
+    assert shared is not None, "no pair of fifteen shared a forward pass"
     assert shared["model"] == "tiny" and shared["images"] == 2
 
 
