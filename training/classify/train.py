@@ -114,26 +114,21 @@ def get_args_parser(prog: str = "ocellus train classify") -> argparse.ArgumentPa
     return p
 
 
-def _fraction(text: str) -> float:
-    """A number in (0, 1], for argparse."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
-    return value
+def _number(expected: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: a number for which `ok` holds, else "expected `expected`"."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")  # fails `ok`, and the message below says what was expected
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    return parse
 
 
-def _decay(text: str) -> float:
-    """0 (off) or a number in (0, 1), for argparse."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value == 0.0 or 0.0 < value < 1.0):
-        raise argparse.ArgumentTypeError(f"expected 0 or a decay in (0, 1), got {text}")
-    return value
+_fraction = _number("a fraction in (0, 1]", lambda v: 0.0 < v <= 1.0)
+_decay = _number("0 or a decay in (0, 1)", lambda v: v == 0.0 or 0.0 < v < 1.0)
 
 
 def _param_groups(model: ImageClassifier, args: argparse.Namespace) -> list[dict[str, Any]]:
