@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,22 @@ from service.metrics import Metrics
 from service.redaction import redact_text
 
 log = logging.getLogger(__name__)
+
+
+def settle_heap() -> None:
+    """Collect the garbage of a load, then take every object alive out of the cyclic GC.
+
+    A loaded model is hundreds of thousands of long-lived Python objects (modules,
+    parameters, the backend's graph). Left in the oldest generation, every full
+    collection walks them all while it holds the GIL: measured at concurrency 32,
+    9 pauses of about 130 ms in 8 s, which set the p99 (376 ms, against 177 ms frozen).
+    Frozen (`gc.freeze`), they are never walked again; refcounting still frees them when
+    a retired model closes (a closed model leaves no cyclic garbage: checked by
+    tests/service/test_model_store.py). Called off the event loop after each load, it
+    costs a hot reload one collection of what is new (about 0.1 s of GIL) instead.
+    """
+    gc.collect()
+    gc.freeze()
 
 @dataclass
 class ServedModel:
@@ -254,6 +271,7 @@ class ModelStore:
         except BaseException:
             served.close()
             raise
+        settle_heap()
         return served
 
     def swap(self, served: ServedModel) -> ServedModel | None:

@@ -1,0 +1,41 @@
+"""The model store's memory: a load's objects are frozen out of the cyclic GC
+(`settle_heap`), so a retired model must be freed by refcounting alone."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.batcher import ServingConfig
+from service.model_store import ModelStore
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """Give the rest of the session its objects back to the cyclic GC."""
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+def test_a_retired_model_is_freed_though_its_load_was_frozen(
+        tiny_exports: list[Path], tiny_detector_export: Path, backend: str,
+        unfrozen: None) -> None:
+    store = ModelStore(serving=ServingConfig(backend=backend, tune_batch_size=False))
+    try:
+        for export in (tiny_exports[0], tiny_detector_export):
+            frozen = gc.get_freeze_count()
+            served = store.prepare(export)
+            assert gc.get_freeze_count() > frozen  # the load's objects left the cyclic GC
+            assert served.backend == backend
+            model, predictor = weakref.ref(served.predictor.model), weakref.ref(served.predictor)
+            served.close()
+            del served
+            # No gc.collect(): a cycle through the model would keep it for ever, frozen.
+            assert model() is None and predictor() is None
+    finally:
+        store.close()
