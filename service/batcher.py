@@ -243,7 +243,11 @@ class MicroBatcher:
             self.stats.on_depth(self._queued_images)
             self._cond.notify()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            # No wait_for, no shield: each is a task or future more per request, on the
+            # event loop. Cancelling the job's own future on a timeout or a disconnect
+            # is harmless: `_drop` forgets the job, and `_resolve` skips a done future.
+            async with asyncio.timeout(timeout):
+                return await job.future
         except TimeoutError:
             self._drop(job)
             raise InferenceTimeoutError(late, retry_after=self.retry_after()) from None

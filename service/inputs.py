@@ -178,11 +178,14 @@ async def prepare_uploads(files: list[UploadFile], predictor: Predictor,
     # The parts' count and sizes were checked as they streamed (service/uploads.py).
     if deadline.remaining() <= 0:
         raise _not_decoded_in_time(deadline)
-    decoding = asyncio.gather(*(
-        pool.prepare(f.file, f.filename, predictor, settings, model) for f in files))
     try:
-        # On timeout the gather is cancelled: images still queued in the pool are dropped.
-        return list(await asyncio.wait_for(decoding, deadline.remaining()))
+        # On timeout the decoding is cancelled: images still queued in the pool are dropped.
+        async with asyncio.timeout(deadline.remaining()):
+            if len(files) == 1:  # the common case, without a gather's task per part
+                return [await pool.prepare(files[0].file, files[0].filename, predictor,
+                                           settings, model)]
+            return list(await asyncio.gather(*(
+                pool.prepare(f.file, f.filename, predictor, settings, model) for f in files)))
     except TimeoutError:
         raise _not_decoded_in_time(deadline) from None
 
