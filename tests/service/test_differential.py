@@ -19,7 +19,10 @@ Tolerances (stated once, here):
   answers one at a time), and to eager within `BF16`: scores within 0.05, and
   boxes matched at IoU >= 0.75 rather than by pixels (NMS may keep a
   neighbouring anchor's box for a weak object); detections whose score is within
-  0.05 of ``conf`` may appear on one side only.
+  0.05 of ``conf`` may appear on one side only, and so may a box that a stronger
+  box of its class overlaps within 0.05 of the request's NMS IoU threshold (a
+  trained detector's dress at 0.199 overlapped a stronger dress at IoU 0.446
+  against 0.45: eager kept it, bf16's slightly moved boxes crossed the threshold).
 - ``int8`` serves int8 exports: the defaults' variants made by ``make setup``
   (``ocellus defaults``) and the trained detector quantized here. It is held to
   batching invariance at the fp32 tolerance, and to eager by an agreement
@@ -58,6 +61,7 @@ class Tolerance:
     score: float  # absolute, on scores in [0, 1]
     box_px: float | None = None  # every edge within this many pixels, or
     min_iou: float | None = None  # boxes overlapping at least this much
+    nms_margin: float = 0.0  # a box this close to NMS's threshold may be on one side only
 
     def same_box(self, a: list[float], b: list[float]) -> bool:
         if self.box_px is not None:
@@ -66,7 +70,7 @@ class Tolerance:
 
 
 FP32 = Tolerance(score=1e-3, box_px=0.5)
-BF16 = Tolerance(score=0.05, min_iou=0.75)
+BF16 = Tolerance(score=0.05, min_iou=0.75, nms_margin=0.05)
 INT8 = Tolerance(score=0.1, min_iou=0.5)
 INT8_MIN_AGREEMENT = 0.8
 INT8_FROM_SCORE = DetectOptions().conf  # the served default, which the int8 gate judges at
@@ -218,10 +222,22 @@ def _iou(a: list[float], b: list[float]) -> float:
     return ix * iy / union if union > 0 else 0.0
 
 
+def _at_nms_edge(det: dict, dets: list[dict], tol: Tolerance, options: dict) -> bool:
+    """Whether NMS keeps or drops `det` by a hair: a stronger box that it competes with
+    (of its class, unless agnostic) overlaps it within the tolerance's margin of the
+    request's IoU threshold."""
+    iou = options.get("iou", DetectOptions().iou)
+    return any(o["score"] > det["score"] and (options.get("agnostic") or
+                                              o["class_id"] == det["class_id"])
+               and abs(_iou(o["box"], det["box"]) - iou) <= tol.nms_margin
+               for o in dets) if tol.nms_margin > 0 else False
+
+
 def differences(reference: dict, answer: dict, tol: Tolerance,
-                conf: float | None = None) -> list[str]:
+                conf: float | None = None, options: dict | None = None) -> list[str]:
     """What differs between two answers to the same request, beyond the tolerance."""
     score_tol = tol.score
+    options = options or {}
     found = []
     for i, (ref, got) in enumerate(zip(reference["results"], answer["results"], strict=True)):
         if ref["filename"] != got["filename"] or (ref["width"], ref["height"]) != (
@@ -244,10 +260,12 @@ def differences(reference: dict, answer: dict, tol: Tolerance,
                         and abs(r["score"] - g["score"]) <= score_tol), None)
             if hit is not None:
                 free.remove(hit)
-            elif conf is None or r["score"] > conf + score_tol:
+            elif ((conf is None or r["score"] > conf + score_tol)
+                  and not _at_nms_edge(r, ref["detections"], tol, options)):
                 found.append(f"image {i}: lost {r['label']} {r['score']:.3f} {r['box']}")
         found += [f"image {i}: extra {g['label']} {g['score']:.3f} {g['box']}" for g in free
-                  if conf is None or g["score"] > conf + score_tol]
+                  if (conf is None or g["score"] > conf + score_tol)
+                  and not _at_nms_edge(g, got["detections"], tol, options)]
     return found
 
 
@@ -304,7 +322,7 @@ def test_backend_answers_what_eager_answers_alone(backend, start_server, exports
             conf = sent[3].get("conf")
             if tol is INT8:  # boxes scoring over INT8_FROM_SCORE: conf + tolerance above it
                 conf = max(conf or 0.0, INT8_FROM_SCORE - INT8.score)
-            diff = differences(ref, got, tol, conf=conf)
+            diff = differences(ref, got, tol, conf=conf, options=sent[3])
             report[sent[1]] = report.get(sent[1], 0) + bool(diff)
             if diff and tol is INT8:  # counted against the agreement threshold below
                 disagreeing.setdefault(sent[1], []).append(f"{sent}: {diff[:3]}")
