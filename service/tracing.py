@@ -67,7 +67,16 @@ def setup_tracing(app: Any) -> Any:
 
 @contextmanager
 def span(name: str, **attributes: Any) -> Iterator[Any]:
-    """A child span of the current one, with ``ocellus.*`` attributes (None values left out)."""
+    """A child span of the current one, with ``ocellus.*`` attributes (None values left out).
+
+    Under a span that is not recorded (tracing off, or a request the sampler left out,
+    whose children the parent-based sampler leaves out too) it yields that span and
+    starts nothing: the no-op tracer's context switch costs more than the work it wraps.
+    """
+    parent = trace.get_current_span()
+    if not parent.is_recording():
+        yield parent
+        return
     with tracer.start_as_current_span(name) as current:
         if current.is_recording():
             current.set_attributes({f"ocellus.{k}": v for k, v in attributes.items()
