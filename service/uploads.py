@@ -24,8 +24,8 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from models.errors import ImageTooLargeError
-from service.deps import SettingsDep
 from service.errors import RequestError
+from service.settings import Settings
 from service.tracing import span
 
 UPLOAD_FIELD = "file"
@@ -82,7 +82,7 @@ class LimitedMultiPartParser(MultiPartParser):
         super().on_part_data(data, start, end)
 
 
-async def read_uploads(request: Request, settings: SettingsDep) -> AsyncIterator[list[UploadFile]]:
+async def read_uploads(request: Request) -> AsyncIterator[list[UploadFile]]:
     """FastAPI dependency: the request's image parts, read with the limits above.
 
     The parts are closed (spooled files deleted) once the response has been sent.
@@ -92,6 +92,7 @@ async def read_uploads(request: Request, settings: SettingsDep) -> AsyncIterator
             crossed (413), or a malformed body (400).
         ImageTooLargeError: A file over `Settings.max_upload_bytes` (413).
     """
+    settings: Settings = request.app.state.settings  # not SettingsDep: see service/deps.py
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "multipart/form-data":
         raise RequestError(f"missing {UPLOAD_FIELD}: expected a multipart/form-data body with "
