@@ -29,19 +29,43 @@ log = logging.getLogger(__name__)
 
 
 def settle_heap() -> None:
-    """Collect the garbage of a load, then take every object alive out of the cyclic GC.
+    """Collect all garbage, then take every object alive out of the cyclic GC.
 
     A loaded model is hundreds of thousands of long-lived Python objects (modules,
     parameters, the backend's graph). Left in the oldest generation, every full
     collection walks them all while it holds the GIL: measured at concurrency 32,
     9 pauses of about 130 ms in 8 s, which set the p99 (376 ms, against 177 ms frozen).
-    Frozen (`gc.freeze`), they are never walked again; refcounting still frees them when
-    a retired model closes (a closed model leaves no cyclic garbage: checked by
-    tests/service/test_model_store.py). Called off the event loop after each load, it
-    costs a hot reload one collection of what is new (about 0.1 s of GIL) instead.
+    Frozen (`gc.freeze`), they are never walked again. Refcounting frees a retired
+    model as it closes: a served model holds no reference cycle (checked by
+    tests/service/test_model_store.py). Anything else frozen that later became cyclic
+    garbage (a request in flight during a reload) is unfrozen and collected at the next
+    load. Called off the event loop after each load, it costs a load one full
+    collection, about 0.1 s of GIL.
     """
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def _batch_recorder(m: Metrics, name: str) -> Callable[[int, float, float, float], None]:
+    """The batcher's ``on_batch`` for model `name`.
+
+    A closure over the metrics, not a method of the `ServedModel`: the batcher would hold
+    the model that holds the batcher, a cycle that only the cyclic GC frees, and a
+    model's objects are frozen out of its reach (`settle_heap`).
+    """
+    size = m.batch_size.labels(name)
+    queue, forward, post = (m.stage_duration.labels(name, stage)
+                            for stage in ("queue", "forward", "postprocess"))
+
+    def record(n: int, queue_s: float, forward_s: float, post_s: float) -> None:
+        size.observe(n)
+        queue.observe(queue_s)
+        forward.observe(forward_s)
+        post.observe(post_s)
+
+    return record
+
 
 @dataclass
 class ServedModel:
@@ -71,20 +95,13 @@ class ServedModel:
     def __post_init__(self) -> None:
         m = self.metrics
         stats = BatchStats() if m is None else BatchStats(
-            on_batch=self._record_batch, on_depth=m.queue_depth.labels(self.name).set)
+            on_batch=_batch_recorder(m, self.name), on_depth=m.queue_depth.labels(self.name).set)
         c = self.serving
         self.batcher = MicroBatcher(
             self.name, self.predictor.forward, self.predictor.postprocess,
             max_batch_size=c.max_batch_size, max_delay_ms=c.max_delay_ms,
             max_queue=c.max_queue, timeout_s=c.timeout_s, incoming=self.incoming, stats=stats,
             threads=c.torch_threads)
-
-    def _record_batch(self, n: int, queue_s: float, forward_s: float, post_s: float) -> None:
-        m = self.metrics
-        m.batch_size.labels(self.name).observe(n)
-        m.stage_duration.labels(self.name, "queue").observe(queue_s)
-        m.stage_duration.labels(self.name, "forward").observe(forward_s)
-        m.stage_duration.labels(self.name, "postprocess").observe(post_s)
 
     @property
     def backend(self) -> str:

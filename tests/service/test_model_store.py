@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.batcher import ServingConfig
+from service.metrics import Metrics
 from service.model_store import ModelStore
 
 
@@ -25,17 +26,19 @@ def unfrozen() -> Iterator[None]:
 def test_a_retired_model_is_freed_though_its_load_was_frozen(
         tiny_exports: list[Path], tiny_detector_export: Path, backend: str,
         unfrozen: None) -> None:
-    store = ModelStore(serving=ServingConfig(backend=backend, tune_batch_size=False))
+    store = ModelStore(serving=ServingConfig(backend=backend, tune_batch_size=False),
+                       metrics=Metrics())  # as the service builds it: batch metrics too
     try:
         for export in (tiny_exports[0], tiny_detector_export):
             frozen = gc.get_freeze_count()
             served = store.prepare(export)
             assert gc.get_freeze_count() > frozen  # the load's objects left the cyclic GC
             assert served.backend == backend
-            model, predictor = weakref.ref(served.predictor.model), weakref.ref(served.predictor)
+            refs = [weakref.ref(o) for o in (served, served.predictor, served.predictor.model,
+                                             served.batcher)]
             served.close()
             del served
             # No gc.collect(): a cycle through the model would keep it for ever, frozen.
-            assert model() is None and predictor() is None
+            assert [r() for r in refs] == [None] * len(refs)
     finally:
         store.close()
