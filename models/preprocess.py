@@ -90,12 +90,12 @@ class Preprocessing:
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 ``(..., 3, H, W)`` → float ``(..., 3, H, W)``, scaled and normalised.
 
-        ``(x / 255 - mean) / std`` as one multiply and one add, into a contiguous
+        ``(x / 255 - mean) / std`` as one multiply and one add, into a new contiguous
         tensor whatever the input's layout (a decoded image is a height-width-channel
         view): measured 0.08 ms against 0.30 for a 224 px crop, equal within 1e-7, and
         a batch of such inputs stacks three times faster.
         """
-        x = image.to(torch.float32, memory_format=torch.contiguous_format)
+        x = image.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
         return x.mul_(1.0 / (255.0 * std)).add_(-mean / std)

@@ -2,7 +2,8 @@
 
 Every route takes what the service holds (settings, metrics, the model store,
 the registry watcher) and what the caller may do (the admin token) through
-these, never from ``request.app.state`` itself.
+these, never from ``request.app.state`` itself: this module is the one place that
+reads it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def store_of(request: Request) -> ModelStore:
 
 
 async def get_store(request: Request) -> ModelStore:
+    """The model store (`store_of`)."""
     return store_of(request)
 
 

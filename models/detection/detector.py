@@ -70,7 +70,7 @@ def dfl_expectation(dist: torch.Tensor, reg_max: int) -> torch.Tensor:
     over a last dimension of 11 or 16 bins is the slow case, measured 24.7 ms against
     1.8 ms for a batch of 8 NanoDet images, results equal within 1e-6 bins.
     """
-    probs = dist.transpose(-1, -2).unflatten(-2, (4, reg_max)).softmax(dim=-2)  # (.., 4, R, A)
+    probs = dist.transpose(-1, -2).unflatten(-2, (4, reg_max)).softmax(dim=-2)  # (..., 4, R, A)
     bins = torch.arange(reg_max, device=dist.device, dtype=probs.dtype).unsqueeze(-1)
     return (probs * bins).sum(dim=-2).transpose(-1, -2)  # (..., A, 4)
 

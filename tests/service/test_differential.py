@@ -20,7 +20,7 @@ Tolerances (stated once, here):
   boxes matched at IoU >= 0.75 rather than by pixels (NMS may keep a
   neighbouring anchor's box for a weak object); detections whose score is within
   0.05 of ``conf`` may appear on one side only, and so may a box that a stronger
-  box of its class overlaps within 0.05 of the request's NMS IoU threshold (a
+  box of its class overlaps within 0.02 of the request's NMS IoU threshold (a
   trained detector's dress at 0.199 overlapped a stronger dress at IoU 0.446
   against 0.45: eager kept it, bf16's slightly moved boxes crossed the threshold).
 - ``int8`` serves int8 exports: the defaults' variants made by ``make setup``
@@ -70,7 +70,7 @@ class Tolerance:
 
 
 FP32 = Tolerance(score=1e-3, box_px=0.5)
-BF16 = Tolerance(score=0.05, min_iou=0.75, nms_margin=0.05)
+BF16 = Tolerance(score=0.05, min_iou=0.75, nms_margin=0.02)
 INT8 = Tolerance(score=0.1, min_iou=0.5)
 INT8_MIN_AGREEMENT = 0.8
 INT8_FROM_SCORE = DetectOptions().conf  # the served default, which the int8 gate judges at
@@ -223,14 +223,16 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def _at_nms_edge(det: dict, dets: list[dict], tol: Tolerance, options: dict) -> bool:
-    """Whether NMS keeps or drops `det` by a hair: a stronger box that it competes with
-    (of its class, unless agnostic) overlaps it within the tolerance's margin of the
-    request's IoU threshold."""
+    """Whether NMS keeps or drops `det` by a hair.
+
+    That is, a stronger box it competes with (of its class, unless agnostic) overlaps
+    it within the tolerance's margin of the request's IoU threshold.
+    """
     iou = options.get("iou", DetectOptions().iou)
-    return any(o["score"] > det["score"] and (options.get("agnostic") or
-                                              o["class_id"] == det["class_id"])
-               and abs(_iou(o["box"], det["box"]) - iou) <= tol.nms_margin
-               for o in dets) if tol.nms_margin > 0 else False
+    return tol.nms_margin > 0 and any(
+        o["score"] > det["score"] and (options.get("agnostic") or
+                                       o["class_id"] == det["class_id"])
+        and abs(_iou(o["box"], det["box"]) - iou) <= tol.nms_margin for o in dets)
 
 
 def differences(reference: dict, answer: dict, tol: Tolerance,
