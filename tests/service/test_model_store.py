@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,14 +21,18 @@ def unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
-@pytest.mark.parametrize("backend", ["eager", "compiled"])
+@pytest.mark.parametrize("backend", ["eager", "compiled", "int8"])
 def test_a_retired_model_is_freed_though_its_load_was_frozen(
-        tiny_exports: list[Path], tiny_detector_export: Path, backend: str,
-        unfrozen: None) -> None:
+        backend: str, unfrozen: None, request: pytest.FixtureRequest) -> None:
+    if backend == "int8":  # the defaults' variants, as the service serves them by default
+        exports = [int8 for _, int8 in request.getfixturevalue("default_int8_variants").values()]
+    else:
+        exports = [request.getfixturevalue("tiny_exports")[0],
+                   request.getfixturevalue("tiny_detector_export")]
     store = ModelStore(serving=ServingConfig(backend=backend, tune_batch_size=False),
                        metrics=Metrics())  # as the service builds it: batch metrics too
     try:
-        for export in (tiny_exports[0], tiny_detector_export):
+        for export in exports:
             frozen = gc.get_freeze_count()
             served = store.prepare(export)
             assert gc.get_freeze_count() > frozen  # the load's objects left the cyclic GC
