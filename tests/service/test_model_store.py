@@ -13,6 +13,8 @@ from service.batcher import ServingConfig
 from service.metrics import Metrics
 from service.model_store import ModelStore
 
+pytestmark = pytest.mark.slow  # each case loads and warms up two models: 2.5-3.5 s
+
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
