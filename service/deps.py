@@ -2,8 +2,7 @@
 
 Every route takes what the service holds (settings, metrics, the model store,
 the registry watcher) and what the caller may do (the admin token) through
-these, never from ``request.app.state`` itself: this module is the one place that
-reads it.
+these, never from ``request.app.state`` itself: this module is where routes read it.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def settle_heap() -> None:
     tests/service/test_model_store.py). Anything else frozen that later became cyclic
     garbage (a request in flight during a reload) is unfrozen and collected at the next
     load. Called off the event loop after each load, it costs a load one full
-    collection, about 0.1 s of GIL.
+    collection of everything loaded, about 0.1 s of GIL per model held.
     """
     gc.unfreeze()
     gc.collect()
