@@ -4,6 +4,7 @@ has gone, and the Open Inference Protocol's error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -293,36 +294,41 @@ class CancelOnDisconnectMiddleware:
         if not is_inference(scope):
             await self.app(scope, receive, send)
             return
-        body_read = anyio.Event()
+        # A plain asyncio task and one cancel scope rather than an anyio task group: the
+        # group, its task and its event were an eighth of the event loop's time per
+        # request (py-spy, c=32). The scope, not `Task.cancel`, keeps the shielded
+        # clean-ups in the routes shielded.
+        watcher: asyncio.Task | None = None
         responding = gone = False
 
-        async def receive_body() -> Message:
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_read.set()
-            return message
-
-        async def send_response(message: Message) -> None:
-            nonlocal responding
-            responding = True  # before the await: a completed response reads as a disconnect
-            await send(message)
-
-        async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as handling:
 
             async def watch() -> None:
                 nonlocal gone
-                await body_read.wait()
                 while (await receive())["type"] != "http.disconnect":
                     pass
                 if not responding:
                     gone = True
-                    tg.cancel_scope.cancel()
+                    handling.cancel()
 
-            tg.start_soon(watch)
+            async def receive_body() -> Message:
+                nonlocal watcher
+                message = await receive()
+                if (watcher is None and message["type"] == "http.request"
+                        and not message.get("more_body", False)):
+                    watcher = asyncio.get_running_loop().create_task(watch())
+                return message
+
+            async def send_response(message: Message) -> None:
+                nonlocal responding
+                responding = True  # before the await: a completed response reads as a disconnect
+                await send(message)
+
             try:
                 await self.app(scope, receive_body, send_response)
             finally:
-                tg.cancel_scope.cancel()
+                if watcher is not None:
+                    watcher.cancel()
         if gone:
             self.metrics.rejected.labels("disconnected").inc()
             await disconnected_response("before the answer")(scope, receive, send)
