@@ -23,10 +23,10 @@ def unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
-@pytest.mark.parametrize("backend", ["eager", "compiled", "int8"])
+@pytest.mark.parametrize("backend", ["eager", "compiled", "int8", "auto"])
 def test_a_retired_model_is_freed_though_its_load_was_frozen(
         backend: str, unfrozen: None, request: pytest.FixtureRequest) -> None:
-    if backend == "int8":  # the defaults' variants, as the service serves them by default
+    if backend in ("int8", "auto"):  # the defaults' variants; `auto` is how they are served
         exports = [int8 for _, int8 in request.getfixturevalue("default_int8_variants").values()]
     else:
         exports = [request.getfixturevalue("tiny_exports")[0],
@@ -38,7 +38,7 @@ def test_a_retired_model_is_freed_though_its_load_was_frozen(
             frozen = gc.get_freeze_count()
             served = store.prepare(export)
             assert gc.get_freeze_count() > frozen  # the load's objects left the cyclic GC
-            assert served.backend == backend
+            assert served.backend == ("int8" if backend == "auto" else backend)
             refs = [weakref.ref(o) for o in (served, served.predictor, served.predictor.model,
                                              served.batcher)]
             served.close()
