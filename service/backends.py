@@ -9,8 +9,8 @@ every backend serves exactly the same API.
   inlined). On this project's 2-core Zen 5 box with EfficientNet-Lite0 it gave
   ~127 img/s at batch 1 after a 0.8 s build, while ``torch.compile`` took 25 s to
   compile, reached ~98 img/s and recompiled for every new batch size; so the
-  frozen graph is the ``compiled`` backend. It is built in a child process
-  (`build_compiled`).
+  frozen graph is the ``compiled`` backend. It is now built in a child process
+  (`build_compiled`), about 4 s.
 - ``bf16``: bfloat16 autocast around the eager model, offered only where the CPU
   has native bf16 (AVX512-BF16 or AMX). Fast for ResNets; for depthwise-heavy
   nets (EfficientNet-Lite0) oneDNN falls back to slow kernels (~5 img/s), and
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "compiled", "bf16", "int8")
 MIN_AGREEMENT = 0.995
-COMPILE_TIMEOUT_S = 600
+COMPILE_TIMEOUT_S = 120  # a build takes about 4 s; under the 5 min startup probe
 
 Forward = Callable[[torch.Tensor], Any]
 Builder = Callable[[Predictor, torch.Tensor], Forward]
@@ -92,25 +92,30 @@ def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
     split by request exactly as eager's do.
 
     The graph is built in a child process and loaded here. TorchScript keeps what it
-    traces and freezes in its process-wide compilation unit for good: about 30 MB
-    per build for EfficientNet-Lite0 (the frozen weights and 225 traced methods),
-    so a service that hot-reloads fp32 exports under ``compiled`` or ``auto`` grew
-    with every reload (12 loads: RSS 869 -> 1,433 MB). A loaded graph lives in a
-    compilation unit of its own and is freed with it (ten loads: flat). The child
-    costs a Python start-up and a torch import, a few seconds, per build.
+    traces and freezes in its process-wide compilation unit for good, even when the
+    trace is given a compilation unit of its own: about 30 MB per trace and freeze
+    of EfficientNet-Lite0 (the frozen weights and 225 traced methods), about 47 MB
+    per load through the model store, so a service that hot-reloads fp32 exports
+    under ``compiled`` or ``auto`` grew with every reload (12 loads: RSS 869 ->
+    1,433 MB). A loaded graph lives in a compilation unit of its own and is freed
+    with it (12 loads through the store: flat from the third). The child costs a
+    Python start-up and a torch import per build: about 4 to 6 s, and 0.5 GB of
+    memory of its own at its peak (0.9 GB RSS with the shared libraries).
+    It traces on the model's device; on CUDA that is untested here (no GPU).
     """
     with tempfile.TemporaryDirectory(prefix="ocellus-compile-") as tmp:
         module, graph = Path(tmp, "module.pt"), Path(tmp, "graph.pt")
         torch.save(BatchMajor(predictor).eval(), module)
         shape = ",".join(str(n) for n in example.shape)
-        # The child imports what this process can: the model's classes, to unpickle it.
+        # The child imports what this process can (the model's classes, to unpickle
+        # it), and no more: -P keeps the working directory off its path.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        child = subprocess.run(  # noqa: S603 - this interpreter, this module, our files
-            [sys.executable, "-m", "service.backends", str(module), shape, str(graph)],
+        child = subprocess.run(
+            [sys.executable, "-P", "-m", "service.backends", str(module), shape, str(graph)],
             capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False, env=env)
         if child.returncode != 0:
-            raise RuntimeError(f"building the TorchScript graph failed: "
-                               f"{child.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"building the TorchScript graph failed (exit status "
+                               f"{child.returncode}): {child.stderr.strip()[-2000:]}")
         with warnings.catch_warnings():  # deprecated in torch 2.14, as TorchScript is
             warnings.simplefilter("ignore", FutureWarning)
             loaded = torch.jit.load(graph, map_location=predictor.device)
@@ -123,7 +128,12 @@ def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
 
 
 def _trace_and_freeze(module: Path, shape: str, out: Path) -> None:
-    """The child's side of `build_compiled`: the pickled module traced, frozen, saved."""
+    """The child's side of `build_compiled`: the pickled module traced, frozen, saved.
+
+    On one intra-op thread: tracing gains nothing from more, and the service's
+    forwards run beside it during a hot reload.
+    """
+    torch.set_num_threads(1)
     model = torch.load(module, weights_only=False)  # written by the parent just now
     example = torch.zeros(*(int(n) for n in shape.split(",")), device=next(
         model.parameters()).device).contiguous(memory_format=torch.channels_last)

@@ -115,9 +115,10 @@ RegistryEntryDep = Annotated[RegistryEntry, Depends(get_registry_entry)]
 
 
 # The `model` query parameter of the inference routes, checked before the upload is
-# read: declared before the upload in a route, it answers an unknown name (404), a
-# model of another task (400) or a store still loading (503) without reading the
-# body. The route then takes the model with `Inference.use`, which checks again.
+# read: a dependency is solved before the route runs and reads the body
+# (`service.uploads.read_uploads`), so an unknown name (404), a model of another task
+# (400) or a store still loading (503) is answered without reading it. The route
+# then takes the model with `Inference.use`, which checks again.
 async def classify_model(request: Request, model: Annotated[str | None, Query(
         description="model name; default: the first loaded classify model")] = None
                          ) -> str | None:
