@@ -10,7 +10,7 @@ every backend serves exactly the same API.
   ~127 img/s at batch 1 after a 0.8 s build, while ``torch.compile`` took 25 s to
   compile, reached ~98 img/s and recompiled for every new batch size; so the
   frozen graph is the ``compiled`` backend. It is now built in a child process
-  (`build_compiled`), about 4 s.
+  (`build_compiled`), in 4 to 6 s.
 - ``bf16``: bfloat16 autocast around the eager model, offered only where the CPU
   has native bf16 (AVX512-BF16 or AMX). Fast for ResNets; for depthwise-heavy
   nets (EfficientNet-Lite0) oneDNN falls back to slow kernels (~5 img/s), and
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "compiled", "bf16", "int8")
 MIN_AGREEMENT = 0.995
-COMPILE_TIMEOUT_S = 120  # a build takes about 4 s; under the 5 min startup probe
+COMPILE_TIMEOUT_S = 120  # a build takes 4 to 6 s here; the rest is room for a busy box
 
 Forward = Callable[[torch.Tensor], Any]
 Builder = Callable[[Predictor, torch.Tensor], Forward]
@@ -109,13 +109,16 @@ def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
         shape = ",".join(str(n) for n in example.shape)
         # The child imports what this process can (the model's classes, to unpickle
         # it), and no more: -P keeps the working directory off its path.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        path = os.pathsep.join(p or os.getcwd() for p in sys.path)  # '': the cwd
+        env = {**os.environ, "PYTHONPATH": path}
         child = subprocess.run(
             [sys.executable, "-P", "-m", "service.backends", str(module), shape, str(graph)],
             capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False, env=env)
         if child.returncode != 0:
-            raise RuntimeError(f"building the TorchScript graph failed (exit status "
-                               f"{child.returncode}): {child.stderr.strip()[-2000:]}")
+            how = (f"killed by signal {-child.returncode}" if child.returncode < 0
+                   else f"exit status {child.returncode}")
+            raise RuntimeError(f"building the TorchScript graph failed ({how}): "
+                               f"{child.stderr.strip()[-2000:]}")
         with warnings.catch_warnings():  # deprecated in torch 2.14, as TorchScript is
             warnings.simplefilter("ignore", FutureWarning)
             loaded = torch.jit.load(graph, map_location=predictor.device)

@@ -21,6 +21,8 @@ from models.preprocess import Preprocessing
 from service.backends import BUILDERS, select_backend
 
 SIZE = 64
+# `compiled` builds its graph in a child process: seconds a build.
+COMPILES = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def _inputs(predictor: DetectionPredictor, n: int) -> tuple[torch.Tensor, list]:
 
 @pytest.mark.parametrize("name", [
     "eager",
-    pytest.param("compiled", marks=pytest.mark.slow),  # built in a child process: seconds
+    pytest.param("compiled", marks=COMPILES),
 ])
 def test_every_output_of_every_backend_is_batch_major(detector, name: str) -> None:
     x, _ = _inputs(detector, 5)
@@ -50,7 +52,7 @@ def test_every_output_of_every_backend_is_batch_major(detector, name: str) -> No
     assert all(t.shape[0] == 5 for t in outputs), (name, [t.shape for t in outputs])
 
 
-@pytest.mark.slow  # `compiled` builds its graph in a child process: seconds a build
+@COMPILES
 def test_compiled_builds_leave_nothing_behind_in_this_process(detector) -> None:
     # TorchScript keeps what it traces and freezes in its process-wide compilation unit
     # for good (about 30 MB per EfficientNet-Lite0 build): a service that hot-reloads
@@ -64,7 +66,7 @@ def test_compiled_builds_leave_nothing_behind_in_this_process(detector) -> None:
     assert len(functions()) == before
 
 
-@pytest.mark.slow  # `compiled` builds its graph in a child process: seconds a build
+@COMPILES
 def test_compiled_detector_answers_each_request_as_eager_does_alone(detector) -> None:
     # Three requests with different options share one forward of 5 images, as in the
     # batcher when their options differ: each is cut out of the batch by its rows.
@@ -159,7 +161,7 @@ def test_auto_backend_falls_back_when_agreement_is_too_low() -> None:
     assert "broken agreement" in report.reason and "fell back" in report.reason
 
 
-@pytest.mark.slow  # `compiled` builds its graph in a child process: seconds a build
+@COMPILES
 def test_auto_backend_takes_a_fast_path_that_agrees() -> None:
     predictor = _tiny_predictor()
     fn, report = select_backend(predictor, "auto", real_images(limit=24), batch_size=4,
