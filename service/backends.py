@@ -111,9 +111,13 @@ def build_compiled(predictor: Predictor, example: torch.Tensor) -> Forward:
         # it), and no more: -P keeps the working directory off its path.
         path = os.pathsep.join(p or os.getcwd() for p in sys.path)  # '': the cwd
         env = {**os.environ, "PYTHONPATH": path}
-        child = subprocess.run(
-            [sys.executable, "-P", "-m", "service.backends", str(module), shape, str(graph)],
-            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False, env=env)
+        try:
+            child = subprocess.run(
+                [sys.executable, "-P", "-m", "service.backends", str(module), shape, str(graph)],
+                capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False, env=env)
+        except subprocess.TimeoutExpired:  # run() has killed and reaped the child
+            raise RuntimeError(f"building the TorchScript graph took over {COMPILE_TIMEOUT_S:g} "
+                               f"s; the build was stopped") from None
         if child.returncode != 0:
             how = (f"killed by signal {-child.returncode}" if child.returncode < 0
                    else f"exit status {child.returncode}")

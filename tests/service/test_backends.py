@@ -3,6 +3,8 @@ checked through the same split (tiny models, deliberately broken fast paths)."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from models.export import Manifest
 from models.photos import real_images
 from models.predictor import rows
 from models.preprocess import Preprocessing
+from service import backends
 from service.backends import BUILDERS, select_backend
 
 SIZE = 64
@@ -64,6 +67,19 @@ def test_compiled_builds_leave_nothing_behind_in_this_process(detector) -> None:
     for _ in range(2):
         BUILDERS["compiled"](detector, torch.zeros(2, 3, SIZE, SIZE))(torch.zeros(1, 3, SIZE, SIZE))
     assert len(functions()) == before
+
+
+def test_a_compiled_build_over_its_time_is_stopped_with_a_clear_error(detector, monkeypatch
+                                                                      ) -> None:
+    # The real child, given less time than its Python start-up and torch import take.
+    monkeypatch.setattr(backends, "COMPILE_TIMEOUT_S", 0.2)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"took over 0.2 s; the build was stopped"):
+        BUILDERS["compiled"](detector, torch.zeros(2, 3, SIZE, SIZE))
+    assert time.monotonic() - started < 10
+    # Nothing left running: the child was killed and reaped.
+    children = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children")
+    assert not children.exists() or not children.read_text().split()
 
 
 @COMPILES
