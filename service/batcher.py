@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +61,7 @@ class ServingConfig:
     timeout_s: float = 30.0
     tune_batch_size: bool = False
     torch_threads: int = 0  # of each inference thread; 0 = torch's default
+    compile_cache: Path | None = None  # compiled graphs kept between loads; None: not kept
 
     @classmethod
     def from_settings(cls, settings: Any) -> ServingConfig:
@@ -68,7 +70,8 @@ class ServingConfig:
                    timeout_s=settings.request_timeout_s,
                    tune_batch_size=settings.tune_batch_size,
                    # torch's default honours OMP_NUM_THREADS and counts physical cores.
-                   torch_threads=settings.torch_threads or torch.get_num_threads())
+                   torch_threads=settings.torch_threads or torch.get_num_threads(),
+                   compile_cache=settings.cache_dir / "compiled")
 
 
 # eq=False: jobs are found by identity (`_drop`); a generated __eq__ would compare

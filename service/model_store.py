@@ -18,7 +18,7 @@ from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchEr
 from models.photos import real_images
 from models.predictor import Predictor, load_predictor, rows
 from models.tasks import get_task
-from service.backends import BackendReport, select_backend
+from service.backends import BackendReport, builders_keeping_graphs, select_backend
 from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
 from service.inputs import DecodePool
@@ -154,7 +154,8 @@ class ServedModel:
             samples = real_images(self.manifest) if self.serving.backend == "auto" else []
             forward, self.backend_report = select_backend(
                 self.predictor, self.serving.backend, samples,
-                batch_size=self.serving.max_batch_size)
+                batch_size=self.serving.max_batch_size,
+                builders=builders_keeping_graphs(self.serving.compile_cache))
             if self.backend_report.name == "int8":
                 # OpenVINO runs the forward on threads of its own (as many as this thread
                 # had). torch's work here (stacking a batch, postprocessing) then takes one

@@ -4,6 +4,7 @@ checked through the same split (tiny models, deliberately broken fast paths)."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,15 @@ from models.photos import real_images
 from models.predictor import rows
 from models.preprocess import Preprocessing
 from service import backends
-from service.backends import BUILDERS, select_backend
+from service.backends import (
+    BUILDERS,
+    build_compiled,
+    builders_keeping_graphs,
+    graph_key,
+    select_backend,
+)
+from service.batcher import ServingConfig
+from service.settings import Settings
 
 SIZE = 64
 # `compiled` builds its graph in a child process: seconds a build.
@@ -80,6 +89,87 @@ def test_a_compiled_build_over_its_time_is_stopped_with_a_clear_error(detector, 
     # Nothing left running: the child was killed and reaped.
     children = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children")
     assert not children.exists() or not children.read_text().split()
+
+
+_LAUNCHES: list[str] = []
+
+
+def _count_launches(event: str, args: tuple) -> None:
+    if event == "subprocess.Popen":
+        _LAUNCHES.append(str(args[1]))
+
+
+sys.addaudithook(_count_launches)  # audit hooks stay for the process: this one only counts
+
+
+def _compile_children() -> int:
+    return sum("service.backends" in cmd for cmd in _LAUNCHES)
+
+
+@COMPILES
+def test_a_kept_graph_is_loaded_by_the_next_build_not_rebuilt(detector, tmp_path) -> None:
+    x, _ = _inputs(detector, 3)
+    reference = detector.eager_forward(x)
+    example = torch.zeros(2, 3, SIZE, SIZE)
+    children = _compile_children()
+    first = build_compiled(detector, example, cache_dir=tmp_path)
+    kept = list(tmp_path.iterdir())
+    assert [p.name for p in kept] == [f"{graph_key(detector, example)}.pt"]
+    assert _compile_children() == children + 1
+    second = build_compiled(detector, example, cache_dir=tmp_path)
+    assert _compile_children() == children + 1  # loaded, no child
+    for got in (first(x), second(x)):
+        for g, r in zip(got, reference, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    # A damaged entry is rebuilt and replaced.
+    kept[0].write_bytes(b"not a graph")
+    rebuilt = build_compiled(detector, example, cache_dir=tmp_path)
+    assert _compile_children() == children + 2
+    assert kept[0].stat().st_size > 1000
+    for g, r in zip(rebuilt(x), reference, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_the_graph_key_changes_with_the_weights_and_the_shape(detector) -> None:
+    example = torch.zeros(2, 3, SIZE, SIZE)
+    key = graph_key(detector, example)
+    assert graph_key(detector, example) == key  # deterministic
+    assert graph_key(detector, torch.zeros(2, 3, SIZE + 32, SIZE + 32)) != key
+    weight, first = next(detector.model.parameters()), (0,) * next(
+        detector.model.parameters()).ndim
+    saved = weight[first].item()
+    with torch.no_grad():
+        weight[first] += 1e-3
+        try:
+            assert graph_key(detector, example) != key
+        finally:
+            weight[first] = saved
+    assert graph_key(detector, example) == key
+
+
+@COMPILES
+def test_the_cache_keeps_the_latest_graphs_and_an_unwritable_one_costs_only_the_keeping(
+        detector, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(backends, "COMPILE_CACHE_ENTRIES", 1)
+    cache = tmp_path / "cache"
+    for size in (SIZE, SIZE + 32):
+        build_compiled(detector, torch.zeros(2, 3, size, size), cache_dir=cache)
+    newest = f"{graph_key(detector, torch.zeros(2, 3, SIZE + 32, SIZE + 32))}.pt"
+    assert [p.name for p in cache.iterdir()] == [newest]
+    # A file where the cache should be: the graph is built and served, nothing kept.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    x, _ = _inputs(detector, 2)
+    outputs = build_compiled(detector, torch.zeros(2, 3, SIZE, SIZE), cache_dir=blocked)(x)
+    assert all(t.shape[0] == 2 for t in outputs) and blocked.read_text() == ""
+
+
+def test_the_service_keeps_compiled_graphs_in_its_cache_dir(tmp_path) -> None:
+    settings = Settings(cache_dir=tmp_path)
+    assert ServingConfig.from_settings(settings).compile_cache == tmp_path / "compiled"
+    assert builders_keeping_graphs(None) is BUILDERS
+    kept = builders_keeping_graphs(tmp_path)["compiled"]
+    assert kept.func is build_compiled and kept.keywords == {"cache_dir": tmp_path}
 
 
 @COMPILES
