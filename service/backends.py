@@ -30,18 +30,13 @@ every backend serves exactly the same API.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import inspect
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,16 +45,17 @@ from typing import Any
 
 import torch
 
-import models
 from models.agreement import agreement
 from models.predictor import BatchMajor, Predictor
+from service.compile_cache import keep, load_graph
+from service.compile_cache import key as compile_cache_key
+from service.compile_cache import load as compile_cache_load
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "compiled", "bf16", "int8")
 MIN_AGREEMENT = 0.995
 COMPILE_TIMEOUT_S = 120  # a build takes 4 to 6 s here; the rest is room for a busy box
-COMPILE_CACHE_ENTRIES = 32  # graphs kept in a compile cache; the least recently used go
 
 Forward = Callable[[torch.Tensor], Any]
 Builder = Callable[[Predictor, torch.Tensor], Forward]
@@ -94,7 +90,7 @@ def build_eager(predictor: Predictor, example: torch.Tensor) -> Forward:
 
 
 def build_compiled(predictor: Predictor, example: torch.Tensor,
-                   cache_dir: Path | None = None) -> Forward:
+                   compile_cache: Path | None = None) -> Forward:
     """Trace at `example`'s shape and freeze; batch size stays free (checked by `auto`).
 
     The traced module includes `Predictor.batch_major`, so the graph's outputs
@@ -112,13 +108,12 @@ def build_compiled(predictor: Predictor, example: torch.Tensor,
     memory of its own at its peak (0.9 GB RSS with the shared libraries).
     It traces on the model's device; on CUDA that is untested here (no GPU).
 
-    With `cache_dir`, the graph is kept there under `graph_key` and a later build of
-    the same model loads it instead (a restart, a replica, a reload of the same
-    version). A cache that cannot be written only costs the keeping; an entry that
-    does not load is rebuilt.
+    With a `compile_cache` directory, the graph is kept there and a later build of
+    the same model loads it instead (service/compile_cache.py).
     """
-    kept = None if cache_dir is None else cache_dir / f"{graph_key(predictor, example)}.pt"
-    if kept is not None and (loaded := _load_kept(kept, predictor)) is not None:
+    kept = (None if compile_cache is None
+            else compile_cache / f"{compile_cache_key(predictor, example)}.pt")
+    if kept is not None and (loaded := compile_cache_load(kept, predictor)) is not None:
         return _graph_forward(loaded, predictor)
     with tempfile.TemporaryDirectory(prefix="ocellus-compile-") as tmp:
         module, graph = Path(tmp, "module.pt"), Path(tmp, "graph.pt")
@@ -140,16 +135,10 @@ def build_compiled(predictor: Predictor, example: torch.Tensor,
                    else f"exit status {child.returncode}")
             raise RuntimeError(f"building the TorchScript graph failed ({how}): "
                                f"{child.stderr.strip()[-2000:]}")
-        loaded = _load_graph(graph, predictor)
+        loaded = load_graph(graph, predictor)
         if kept is not None:
-            _keep(graph, kept)
+            keep(graph, kept)
     return _graph_forward(loaded, predictor)
-
-
-def _load_graph(path: Path, predictor: Predictor) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():  # deprecated in torch 2.14, as TorchScript is
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(path, map_location=predictor.device)
 
 
 def _graph_forward(loaded: torch.jit.ScriptModule, predictor: Predictor) -> Forward:
@@ -158,76 +147,6 @@ def _graph_forward(loaded: torch.jit.ScriptModule, predictor: Predictor) -> Forw
         return loaded(batch.to(predictor.device).contiguous(memory_format=torch.channels_last))
 
     return forward
-
-
-def graph_key(predictor: Predictor, example: torch.Tensor) -> str:
-    """A hash of everything a compiled graph depends on: torch's version, the device and
-    the traced shape; the model's weights, its module tree and the predictor's manifest;
-    and the code: this project's `models` package, this module (the build), and the
-    source file of every class in the model and the predictor.
-    """
-    digest = hashlib.sha256()
-
-    def add(*parts: Any) -> None:
-        for part in parts:
-            digest.update(part if isinstance(part, bytes) else repr(part).encode())
-            digest.update(b"\0")
-
-    add(torch.__version__, str(predictor.device), tuple(example.shape),
-        type(predictor).__qualname__, repr(predictor.model), repr(predictor.manifest))
-    for name, tensor in predictor.model.state_dict().items():
-        add(name, str(tensor.dtype), tuple(tensor.shape), tensor.detach().cpu().contiguous()
-            .reshape(-1).view(torch.uint8).numpy().tobytes())
-    files = {Path(__file__), *Path(models.__file__).parent.rglob("*.py")}
-    for cls in {type(m) for m in predictor.model.modules()} | set(type(predictor).__mro__):
-        try:
-            files.add(Path(inspect.getfile(cls)))
-        except TypeError:  # built in: no source
-            continue
-    for path in sorted(files):
-        if path.suffix == ".py" and path.is_file():
-            add(str(path), path.read_bytes())
-    return digest.hexdigest()
-
-
-def _load_kept(path: Path, predictor: Predictor) -> torch.jit.ScriptModule | None:
-    """A kept graph, or None when there is none or it does not load (then it is removed)."""
-    if not path.is_file():
-        return None
-    try:
-        loaded = _load_graph(path, predictor)
-    except Exception as exc:  # noqa: BLE001 - a damaged entry is rebuilt
-        log.warning("compiled graph %s does not load, rebuilding it: %s", path, exc)
-        path.unlink(missing_ok=True)
-        return None
-    with contextlib.suppress(OSError):  # a read-only cache: still used
-        os.utime(path)  # recently used: pruned last
-    log.info("compiled graph loaded from the cache: %s", path)
-    return loaded
-
-
-def _keep(graph: Path, path: Path) -> None:
-    """Put a built graph in the cache (atomically), then prune it to
-    `COMPILE_CACHE_ENTRIES`, the least recently used first."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A name of its own: loads in other threads or processes may keep the same graph.
-        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        shutil.copyfile(graph, partial)
-        os.replace(partial, path)
-    except OSError as exc:  # a read-only or full disk: the graph is served, not kept
-        log.info("compiled graph not kept in %s: %s", path.parent, exc)
-        return
-    try:  # best effort: another process may be pruning the same directory
-        entries = sorted(((p.stat().st_mtime, p) for p in path.parent.glob("*.pt")),
-                         reverse=True)
-        stale = time.time() - 2 * COMPILE_TIMEOUT_S  # copies left by a process that died
-        doomed = [p for _, p in entries[COMPILE_CACHE_ENTRIES:]] + [
-            p for p in path.parent.glob("*.partial") if p.stat().st_mtime < stale]
-        for old in doomed:
-            old.unlink(missing_ok=True)
-    except OSError as exc:
-        log.info("compile cache %s not pruned: %s", path.parent, exc)
 
 
 def _trace_and_freeze(module: Path, shape: str, out: Path) -> None:
@@ -274,11 +193,12 @@ BUILDERS: dict[str, Builder] = {"eager": build_eager, "compiled": build_compiled
                                 "bf16": build_bf16, "int8": build_int8}
 
 
-def builders_keeping_graphs(cache_dir: Path | None) -> dict[str, Builder]:
-    """`BUILDERS`, with the compiled graphs kept in `cache_dir` (None: `BUILDERS` as is)."""
-    if cache_dir is None:
+def builders_with_compile_cache(compile_cache: Path | None) -> dict[str, Builder]:
+    """`BUILDERS`, `compiled` keeping its graphs in `compile_cache` (None: as is)."""
+    if compile_cache is None:
         return BUILDERS
-    return {**BUILDERS, "compiled": functools.partial(build_compiled, cache_dir=cache_dir)}
+    return {**BUILDERS, "compiled": functools.partial(build_compiled,
+                                                      compile_cache=compile_cache)}
 
 
 @dataclass

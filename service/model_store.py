@@ -18,7 +18,7 @@ from models.errors import ModelNotReadyError, ModelsLoadingError, TaskMismatchEr
 from models.photos import real_images
 from models.predictor import Predictor, load_predictor, rows
 from models.tasks import get_task
-from service.backends import BackendReport, builders_keeping_graphs, select_backend
+from service.backends import BackendReport, builders_with_compile_cache, select_backend
 from service.batch_tuning import BatchSizeReport, preferred_batch_size
 from service.batcher import BatchStats, MicroBatcher, ServingConfig
 from service.inputs import DecodePool
@@ -155,7 +155,7 @@ class ServedModel:
             forward, self.backend_report = select_backend(
                 self.predictor, self.serving.backend, samples,
                 batch_size=self.serving.max_batch_size,
-                builders=builders_keeping_graphs(self.serving.compile_cache))
+                builders=builders_with_compile_cache(self.serving.compile_cache))
             if self.backend_report.name == "int8":
                 # OpenVINO runs the forward on threads of its own (as many as this thread
                 # had). torch's work here (stacking a batch, postprocessing) then takes one

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
         True, description="with no --model, serve the default ImageNet classifier and COCO "
         "detector")
     cache_dir: Path = Field(Path.home() / ".cache" / "ocellus",
-                            description="where default exports are built and kept")
+                            description="where default exports are built and kept, and "
+                            "compiled graphs (compiled/, service/compile_cache.py)")
     device: Literal["cpu", "cuda"] = "cpu"
     # Threads (2-core box): the forward gets every core as intra-op threads, since it is
     # ~85% of the CPU per image; decoding gets half the cores (1 here), enough to keep a

@@ -3,9 +3,7 @@ checked through the same split (tiny models, deliberately broken fast paths)."""
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
+import logging
 import time
 from pathlib import Path
 
@@ -21,15 +19,10 @@ from models.export import Manifest
 from models.photos import real_images
 from models.predictor import rows
 from models.preprocess import Preprocessing
-from service import backends
-from service.backends import (
-    BUILDERS,
-    build_compiled,
-    builders_keeping_graphs,
-    graph_key,
-    select_backend,
-)
+from service import backends, compile_cache
+from service.backends import BUILDERS, build_compiled, select_backend
 from service.batcher import ServingConfig
+from service.model_store import ModelStore
 from service.settings import Settings
 
 SIZE = 64
@@ -37,13 +30,17 @@ SIZE = 64
 COMPILES = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def detector() -> DetectionPredictor:
+def _detector() -> DetectionPredictor:
     torch.manual_seed(0)
     model = Detector("efficientnet_lite0", 3, width=32, img_size=SIZE, backbone_weights=None)
     manifest = Manifest(task="detect", architecture={"name": "detector", "args": model.model_args},
                         labels=["x", "y", "z"], preprocessing=model.preprocessing.to_dict())
     return DetectionPredictor(model, manifest)
+
+
+@pytest.fixture(scope="module")
+def detector() -> DetectionPredictor:
+    return _detector()
 
 
 def _inputs(predictor: DetectionPredictor, n: int) -> tuple[torch.Tensor, list]:
@@ -86,90 +83,80 @@ def test_a_compiled_build_over_its_time_is_stopped_with_a_clear_error(detector, 
     with pytest.raises(RuntimeError, match=r"took over 0.2 s; the build was stopped"):
         BUILDERS["compiled"](detector, torch.zeros(2, 3, SIZE, SIZE))
     assert time.monotonic() - started < 10
-    # Nothing left running: the child was killed and reaped.
-    children = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children")
-    assert not children.exists() or not children.read_text().split()
 
 
-_LAUNCHES: list[str] = []
-
-
-def _count_launches(event: str, args: tuple) -> None:
-    if event == "subprocess.Popen":
-        _LAUNCHES.append(str(args[1]))
-
-
-sys.addaudithook(_count_launches)  # audit hooks stay for the process: this one only counts
-
-
-def _compile_children() -> int:
-    return sum("service.backends" in cmd for cmd in _LAUNCHES)
+CACHE_HIT = "loaded from the compile cache"
 
 
 @COMPILES
-def test_a_kept_graph_is_loaded_by_the_next_build_not_rebuilt(detector, tmp_path) -> None:
+def test_a_kept_graph_is_loaded_by_the_next_build_not_rebuilt(detector, tmp_path,
+                                                              caplog) -> None:
+    caplog.set_level(logging.INFO, logger="service.compile_cache")
     x, _ = _inputs(detector, 3)
     reference = detector.eager_forward(x)
     example = torch.zeros(2, 3, SIZE, SIZE)
-    children = _compile_children()
-    first = build_compiled(detector, example, cache_dir=tmp_path)
+    first = build_compiled(detector, example, compile_cache=tmp_path)
     kept = list(tmp_path.iterdir())
-    assert [p.name for p in kept] == [f"{graph_key(detector, example)}.pt"]
-    assert _compile_children() == children + 1
-    second = build_compiled(detector, example, cache_dir=tmp_path)
-    assert _compile_children() == children + 1  # loaded, no child
+    assert [p.name for p in kept] == [f"{compile_cache.key(detector, example)}.pt"]
+    assert CACHE_HIT not in caplog.text
+    second = build_compiled(detector, example, compile_cache=tmp_path)
+    assert caplog.text.count(CACHE_HIT) == 1  # loaded: no child built it
     for got in (first(x), second(x)):
         for g, r in zip(got, reference, strict=True):
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
     # A damaged entry is rebuilt and replaced.
     kept[0].write_bytes(b"not a graph")
-    rebuilt = build_compiled(detector, example, cache_dir=tmp_path)
-    assert _compile_children() == children + 2
+    rebuilt = build_compiled(detector, example, compile_cache=tmp_path)
+    assert caplog.text.count(CACHE_HIT) == 1 and "does not load, rebuilding" in caplog.text
     assert kept[0].stat().st_size > 1000
     for g, r in zip(rebuilt(x), reference, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
-def test_the_graph_key_changes_with_the_weights_and_the_shape(detector) -> None:
+def test_the_graph_key_follows_the_weights_and_the_shape_not_the_objects(detector) -> None:
     example = torch.zeros(2, 3, SIZE, SIZE)
-    key = graph_key(detector, example)
-    assert graph_key(detector, example) == key  # deterministic
-    assert graph_key(detector, torch.zeros(2, 3, SIZE + 32, SIZE + 32)) != key
-    weight, first = next(detector.model.parameters()), (0,) * next(
-        detector.model.parameters()).ndim
-    saved = weight[first].item()
+    key = compile_cache.key(detector, example)
+    # Another predictor of the same weights (as another process would load): the same key.
+    twin = _detector()
+    twin.manifest.name, twin.manifest.version = "renamed", "7"
+    assert twin is not detector and compile_cache.key(twin, example) == key
+    assert compile_cache.key(detector, torch.zeros(2, 3, SIZE + 32, SIZE + 32)) != key
     with torch.no_grad():
-        weight[first] += 1e-3
-        try:
-            assert graph_key(detector, example) != key
-        finally:
-            weight[first] = saved
-    assert graph_key(detector, example) == key
+        next(twin.model.parameters()).mul_(1.001)
+    assert compile_cache.key(twin, example) != key
 
 
 @COMPILES
 def test_the_cache_keeps_the_latest_graphs_and_an_unwritable_one_costs_only_the_keeping(
         detector, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(backends, "COMPILE_CACHE_ENTRIES", 1)
+    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 1)
     cache = tmp_path / "cache"
     for size in (SIZE, SIZE + 32):
-        build_compiled(detector, torch.zeros(2, 3, size, size), cache_dir=cache)
-    newest = f"{graph_key(detector, torch.zeros(2, 3, SIZE + 32, SIZE + 32))}.pt"
+        build_compiled(detector, torch.zeros(2, 3, size, size), compile_cache=cache)
+    newest = f"{compile_cache.key(detector, torch.zeros(2, 3, SIZE + 32, SIZE + 32))}.pt"
     assert [p.name for p in cache.iterdir()] == [newest]
     # A file where the cache should be: the graph is built and served, nothing kept.
     blocked = tmp_path / "blocked"
     blocked.write_text("")
     x, _ = _inputs(detector, 2)
-    outputs = build_compiled(detector, torch.zeros(2, 3, SIZE, SIZE), cache_dir=blocked)(x)
+    outputs = build_compiled(detector, torch.zeros(2, 3, SIZE, SIZE), compile_cache=blocked)(x)
     assert all(t.shape[0] == 2 for t in outputs) and blocked.read_text() == ""
 
 
-def test_the_service_keeps_compiled_graphs_in_its_cache_dir(tmp_path) -> None:
-    settings = Settings(cache_dir=tmp_path)
-    assert ServingConfig.from_settings(settings).compile_cache == tmp_path / "compiled"
-    assert builders_keeping_graphs(None) is BUILDERS
-    kept = builders_keeping_graphs(tmp_path)["compiled"]
-    assert kept.func is build_compiled and kept.keywords == {"cache_dir": tmp_path}
+@COMPILES
+def test_the_model_store_keeps_compiled_graphs_in_the_services_cache_dir(
+        tiny_exports, tmp_path) -> None:
+    serving = ServingConfig.from_settings(Settings(cache_dir=tmp_path, backend="compiled",
+                                                   tune_batch_size=False, max_batch_size=2))
+    assert serving.compile_cache == tmp_path / "compiled"
+    store = ModelStore(serving=serving)
+    try:
+        for _ in range(2):  # the second load finds the graph the first kept
+            store.load(tiny_exports[0])
+        assert len(list((tmp_path / "compiled").glob("*.pt"))) == 1
+        assert store.get(None, "classify").backend == "compiled"
+    finally:
+        store.close()
 
 
 @COMPILES
