@@ -111,8 +111,12 @@ def build_compiled(predictor: Predictor, example: torch.Tensor,
     With a `compile_cache` directory, the graph is kept there and a later build of
     the same model loads it instead (service/compile_cache.py).
     """
-    kept = (None if compile_cache is None
-            else compile_cache / f"{compile_cache_key(predictor, example)}.pt")
+    kept = None
+    if compile_cache is not None:
+        try:
+            kept = compile_cache / f"{compile_cache_key(predictor, example)}.pt"
+        except OSError as exc:  # a source file unreadable: built, not kept
+            log.info("compile cache not used: %s", exc)
     if kept is not None and (loaded := compile_cache_load(kept, predictor)) is not None:
         return _graph_forward(loaded, predictor)
     with tempfile.TemporaryDirectory(prefix="ocellus-compile-") as tmp:

@@ -66,7 +66,7 @@ def key(predictor: Predictor, example: torch.Tensor) -> str:
     for cls in {type(m) for m in predictor.model.modules()} | set(type(predictor).__mro__):
         try:
             sources[cls.__module__] = Path(inspect.getfile(cls))
-        except TypeError:  # built in: no source
+        except (TypeError, OSError):  # built in, or defined where no file is (a REPL)
             continue
     sources["service.backends"] = Path(__file__).with_name("backends.py")  # the build
     for name, path in sorted(sources.items()):
@@ -85,10 +85,10 @@ def load_graph(path: Path, predictor: Predictor) -> torch.jit.ScriptModule:
 def load(path: Path, predictor: Predictor) -> torch.jit.ScriptModule | None:
     """The kept graph at `path`, or None: none kept, or it does not load (then the
     caller rebuilds it, and `keep` replaces it)."""
+    if not path.is_file():  # (torch.jit.load says so with a ValueError)
+        return None
     try:
         loaded = load_graph(path, predictor)
-    except FileNotFoundError:
-        return None
     except Exception as exc:  # noqa: BLE001 - a damaged entry is rebuilt
         log.warning("compiled graph %s does not load, rebuilding it: %s", path, exc)
         return None
@@ -110,13 +110,20 @@ def keep(graph: Path, path: Path) -> None:
     except OSError as exc:
         log.info("compiled graph not kept in %s: %s", path.parent, exc)
         return
-    try:  # best effort: another process may be pruning the same directory
-        entries = sorted(((p.stat().st_mtime, p) for p in path.parent.glob("*.pt")),
-                         reverse=True)
-        abandoned = time.time() - ABANDONED_AFTER_S
-        doomed = [p for _, p in entries[MAX_ENTRIES:]] + [
-            p for p in path.parent.glob(".*.tmp") if p.stat().st_mtime < abandoned]
-        for old in doomed:
+    # Best effort, file by file: another process may be pruning the same directory.
+    entries = sorted(((t, p) for p in path.parent.glob("*.pt")
+                      if (t := _mtime(p)) is not None), reverse=True)
+    abandoned = time.time() - ABANDONED_AFTER_S
+    doomed = [p for _, p in entries[MAX_ENTRIES:]]
+    doomed += [p for p in path.parent.glob(".*.tmp")
+               if (t := _mtime(p)) is not None and t < abandoned]
+    for old in doomed:
+        with contextlib.suppress(OSError):
             old.unlink(missing_ok=True)
-    except OSError as exc:
-        log.info("compile cache %s not pruned: %s", path.parent, exc)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # gone meanwhile
+        return None
