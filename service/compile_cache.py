@@ -65,9 +65,11 @@ def key(predictor: Predictor, example: torch.Tensor) -> str:
     sources = {f"models/{p.relative_to(package)}": p for p in package.rglob("*.py")}
     for cls in {type(m) for m in predictor.model.modules()} | set(type(predictor).__mro__):
         try:
-            sources[cls.__module__] = Path(inspect.getfile(cls))
+            path = Path(inspect.getfile(cls))
         except (TypeError, OSError):  # built in, or defined where no file is (a REPL)
             continue
+        if not path.is_relative_to(package):  # the package's files are in already
+            sources[cls.__module__] = path
     sources["service.backends"] = Path(__file__).with_name("backends.py")  # the build
     for name, path in sorted(sources.items()):
         if path.suffix == ".py" and path.is_file():
