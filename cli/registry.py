@@ -28,7 +28,9 @@ def get_args_parser(prog: str = "ocellus registry") -> argparse.ArgumentParser:
     rol = sub.add_parser("rollback", help="make the previous promotion current again")
     rol.add_argument("--name", required=True)
     seed = sub.add_parser("seed-defaults", help="publish and promote the default classifier "
-                          "as 'imagenet' (and detector as 'coco') when the registry has neither")
+                          "as 'imagenet' and detector as 'coco' (their int8 variants where "
+                          "`ocellus defaults` made them), each when its name has no current "
+                          "version")
     seed.add_argument("--cache-dir", type=Path, default=None,
                       help="where the default exports are built (OCELLUS_CACHE_DIR)")
     return p
@@ -63,15 +65,24 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _seed_defaults(reg, cache_dir: Path | None) -> dict:
-    from models.defaults import default_classifier_export, default_detector_export
+    """Publish and promote each default model whose name has no current version: its int8
+    variant where `ocellus defaults` made one that passed its gate, as `ocellus serve`
+    serves without a registry, else its fp32 export. A replica on a GPU, or with a backend
+    other than auto or int8, serves an int8 export's fp32 weights (service/backends.py)."""
+    from models.defaults import (
+        current_int8_variant,
+        default_classifier_export,
+        default_detector_export,
+    )
     from service.settings import Settings
 
     cache_dir = cache_dir or Settings().cache_dir
-    seeded = {}
+    seeded, exports = {}, {}
     for name, build in (("imagenet", default_classifier_export),
                         ("coco", default_detector_export)):
         if reg.current(name) is None and (export := build(cache_dir)) is not None:
+            export = current_int8_variant(export) or export
             version = reg.publish(name, export)
             reg.promote(name, version, reason="ocellus registry seed-defaults")
-            seeded[name] = version
-    return {"seeded": seeded, "names": reg.names()}
+            seeded[name], exports[name] = version, str(export)
+    return {"seeded": seeded, "exports": exports, "names": reg.names()}
