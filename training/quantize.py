@@ -240,6 +240,21 @@ def _unlabelled_check(predictor: Predictor, int8: Forward
 
 
 def main(args: argparse.Namespace) -> int:
+    """`quantize`, printing whether the int8 export was accepted; exit 3 when refused."""
+    report = quantize(args)
+    print(json.dumps({k: report[k] for k in ("accepted", "drop", "agreement", "reasons")
+                      if k in report}, indent=2))
+    return EXIT_WRITTEN if report["accepted"] else EXIT_REFUSED
+
+
+def quantize(args: argparse.Namespace) -> dict[str, Any]:
+    """Calibrate, evaluate and gate (the module docstring); returns the report, whose
+    ``accepted`` says whether the int8 export was written at ``args.out``.
+
+    Raises:
+        OcellusError: The export is not fp32, ``args.out`` exists, or the options clash.
+        DatasetError: No images to calibrate or evaluate on.
+    """
     import openvino as ov
 
     predictor = load_predictor(args.model, precision="fp32")
@@ -300,11 +315,9 @@ def main(args: argparse.Namespace) -> int:
         if args.report:
             args.report.parent.mkdir(parents=True, exist_ok=True)
             args.report.write_text(json.dumps(report, indent=2))
-        print(json.dumps({"accepted": report["accepted"], **measured,
-                          "reasons": report["reasons"]}, indent=2))
         if reasons:
             log.error("int8 refused: %s", "; ".join(reasons))
-            return EXIT_REFUSED
+            return report
         manifest.precision = "int8"
         manifest.quantization = {
             **{k: report[k] for k in ("toolchain", "calibration", "evaluation", *measured,
@@ -317,4 +330,4 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     read_manifest(args.out)
     log.info("wrote %s (int8; %s)", args.out, json.dumps(measured))
-    return EXIT_WRITTEN
+    return report

@@ -4,6 +4,12 @@
 2. Fine-tune a candidate from the champion's weights with the champion's own
    training settings (its manifest's ``training.args``) on ``--data``: the
    task's training command (`models.tasks.Task.train`), called directly.
+   When the champion is an int8 export, the candidate is quantized as the
+   champion was: ``ocellus quantize`` on the job's data (its training split to
+   calibrate, its val split to gate), under the champion's recorded gate
+   (`quantize_candidate`). The int8 candidate is the one scored and published; a
+   candidate that its gate refuses is not promoted, so a model served at int8 stays
+   int8.
 3. Evaluate champion and candidate with the same `Predictor` code on the same
    frozen evaluation set (``--eval-data``, else the val split of ``--data``):
    top-1 for classifiers, COCO mAP50-95 for detectors, and per-class recall.
@@ -41,7 +47,7 @@ from opentelemetry import trace
 
 from models.backbones.catalog import uniform_trainable_stages
 from models.errors import RegistryError
-from models.export import Manifest, write_atomic
+from models.export import Manifest, read_manifest, write_atomic
 from models.registry import ModelRegistry
 from models.tasks import get_task, resolve
 from models.telemetry import install_provider
@@ -187,6 +193,30 @@ def keep_resume_checkpoint(path: Path, champion_path: Path) -> Path:
     return folder / "last.pt"
 
 
+def quantize_candidate(candidate: Path, champion: Manifest, work: Path
+                       ) -> tuple[Path | None, dict[str, Any]]:
+    """The candidate's int8 export, made as the int8 champion's was.
+
+    ``ocellus quantize`` with its defaults for the data (the candidate's training
+    data, which is the job's ``--data``: its training split calibrates, its val split
+    scores fp32 and int8), under the champion's recorded gate (``--max-drop`` and
+    ``--max-class-drop``; the command's defaults where the champion was gated on
+    agreement, with no labels).
+
+    Returns:
+        (``work/candidate-int8``, or None when the gate refused it; the quantize report).
+    """
+    from training.quantize import get_args_parser, quantize
+
+    argv = ["--model", str(candidate), "--out", str(work / "candidate-int8")]
+    gate = (champion.quantization or {}).get("gate", {})
+    for key in ("max_drop", "max_class_drop"):
+        if key in gate:
+            argv += [f"--{key.replace('_', '-')}", str(gate[key])]
+    report = quantize(get_args_parser().parse_args(argv))
+    return (work / "candidate-int8" if report["accepted"] else None), report
+
+
 def _write_report(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(report, indent=2) + "\n")
@@ -236,6 +266,13 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
             train_args.resume = resume
             with tracer.start_as_current_span("train"):
                 train.main(train_args)
+            quantization = None
+            if champion_manifest.precision == "int8":
+                with tracer.start_as_current_span("quantize candidate") as span:
+                    int8, quantization = quantize_candidate(candidate_path, champion_manifest,
+                                                            work)
+                    span.set_attribute("ocellus.accepted", int8 is not None)
+                candidate_path = int8 or candidate_path
             # The same Predictor class, the same frozen evaluation set, for both.
             scores = {}
             for role, path in (("champion", champion_path), ("candidate", candidate_path)):
@@ -247,6 +284,11 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                                   min_gain=args.min_gain,
                                   min_class_recall=args.min_class_recall,
                                   max_class_drop=args.max_class_drop, metric=spec.metric)
+                if quantization is not None and not quantization["accepted"]:
+                    decision["promote"] = False
+                    decision["reasons"].insert(0, "the champion serves int8 and the "
+                                               "candidate's int8 was refused: " +
+                                               "; ".join(quantization["reasons"]))
                 span.set_attribute("ocellus.promote", bool(decision["promote"]))
             metric = spec.metric
             report: dict[str, Any] = {
@@ -257,6 +299,12 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                 "eval": {"num_images": scores["champion"]["num_images"], "source": source},
                 "min_gain": args.min_gain, **decision, "promoted_version": None,
             }
+            if quantization is not None:
+                report["candidate_quantization"] = {
+                    k: quantization[k] for k in ("accepted", "drop", "gate", "reasons")
+                    if k in quantization}
+            report["champion"]["precision"] = champion_manifest.precision
+            report["candidate"]["precision"] = read_manifest(candidate_path).precision
             if decision["promote"] and not args.dry_run:
                 if registry.current(args.name) != champion_version:
                     raise RegistryError(f"{args.name}: current changed during the job; "
@@ -292,8 +340,8 @@ def main(args: argparse.Namespace) -> int:
     """Run the job; the exit code says what was decided (see the module docstring).
 
     With the ``OTEL_*`` variables set (models/telemetry.py), its phases are traced:
-    one ``retrain`` span, with ``train``, ``evaluate champion``, ``evaluate
-    candidate``, ``decide`` and ``promote`` under it.
+    one ``retrain`` span, with ``train``, ``quantize candidate`` (an int8 champion),
+    ``evaluate champion``, ``evaluate candidate``, ``decide`` and ``promote`` under it.
     """
     provider = install_provider("ocellus-retrain")
     try:

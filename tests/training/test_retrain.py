@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cli.main import main as ocellus
+from models.export import MANIFEST_FILE
 from models.registry import ModelRegistry
 from training.retrain import (
     BEFORE_RECORDED,
@@ -119,6 +121,52 @@ def test_decision_floors() -> None:
     assert not verdict["promote"] and "'b'" in verdict["reasons"][0]
     assert not decide(champ, better, **{**kw, "min_gain": 0.2})["promote"]
     assert not decide(champ, better, **{**kw, "min_class_recall": 0.85})["promote"]
+
+
+@pytest.mark.slow
+def test_an_int8_champion_is_met_by_an_int8_candidate_under_its_gate(
+        registry_with_weak_champion: Path) -> None:
+    """A model served at int8 is compared with, and replaced by, its candidate quantized
+    under the champion's own gate; a candidate that the gate refuses is not promoted."""
+    tmp = registry_with_weak_champion
+    int8 = tmp / "champion-int8"
+    # The weak champion's val scores are near chance: a gate of 1 lets any drop pass.
+    assert ocellus(["quantize", "--model", str(tmp / "champion"), "--out", str(int8),
+                    "--max-drop", "1", "--max-class-drop", "1"]) == 0
+    registry = ModelRegistry(tmp / "registry-int8")
+    registry.promote("colors", registry.publish("colors", int8))
+    common = ["retrain", "--registry", str(tmp / "registry-int8"), "--epochs", "4",
+              "--lr", "3e-3", "--data", str(color_tree(tmp / "int8-data", 20, seed=3)),
+              "--max-class-drop", "1.0"]
+
+    code = ocellus([*common, "--name", "colors", "--min-gain", "0.05",
+                    "--report", str(tmp / "int8.json")])
+    report = json.loads((tmp / "int8.json").read_text())
+    assert code == EXIT_PROMOTED, report
+    assert report["champion"]["precision"] == report["candidate"]["precision"] == "int8"
+    quantization = report["candidate_quantization"]
+    assert quantization["accepted"] and quantization["reasons"] == []
+    assert quantization["gate"] == {"max_drop": 1.0, "max_class_drop": 1.0}  # the champion's
+    promoted = registry.verify("colors", "2")
+    assert promoted.precision == "int8" and promoted.quantization["drop"] == quantization["drop"]
+    assert report["candidate"]["top1"] >= report["champion"]["top1"] + 0.05
+
+    # A champion whose gate no candidate can pass (a drop above -1 is refused).
+    strict = tmp / "strict-int8"
+    shutil.copytree(int8, strict)
+    manifest = json.loads((strict / MANIFEST_FILE).read_text())
+    manifest["quantization"]["gate"]["max_drop"] = -1.0
+    (strict / MANIFEST_FILE).write_text(json.dumps(manifest))
+    registry.promote("strict", registry.publish("strict", strict))
+    code = ocellus([*common, "--name", "strict", "--min-gain", "-1",
+                    "--report", str(tmp / "strict.json")])
+    report = json.loads((tmp / "strict.json").read_text())
+    assert code == EXIT_KEPT, report
+    assert not report["candidate_quantization"]["accepted"]
+    assert report["reasons"][0].startswith("the champion serves int8 and the candidate's "
+                                           "int8 was refused: top1 fell by"), report["reasons"]
+    assert report["candidate"]["precision"] == "fp32"  # scored for the report, not promoted
+    assert registry.versions("strict") == ["1"] and registry.current("strict") == "1"
 
 
 @pytest.mark.slow
