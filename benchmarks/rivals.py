@@ -53,7 +53,7 @@ class Api(ls.LitAPI):
 
     def decode_request(self, request):
         data = request["file"].file.read()
-        img = decode_image(data, target_size=self.p.input_size).tensor
+        img = decode_image(data, target_size=self.p.preprocessing.decode_size).tensor
         return self.p.preprocess(img)[0]
 
     def predict(self, batch):
@@ -98,7 +98,7 @@ class Handler(BaseHandler):
         out = []
         for r in requests:
             data = r.get("data") or r.get("body")
-            img = decode_image(bytes(data), target_size=self.p.input_size).tensor
+            img = decode_image(bytes(data), target_size=self.p.preprocessing.decode_size).tensor
             out.append(self.p.preprocess(img)[0])
         return torch.stack(out)
 

@@ -89,7 +89,7 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
     predictor = load_predictor(export, precision="fp32")
     forward, report = select_backend(predictor, "auto", real_images(predictor.manifest),
                                      batch_size=8)
-    size = predictor.input_size
+    size, decode_size = predictor.input_size, predictor.preprocessing.decode_size
     nchw = load_predictor(export, precision="fp32")
     nchw.model = nchw.model.to(memory_format=torch.contiguous_format)
     fast = f"fast path ({report.name})"
@@ -112,7 +112,7 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
 
             def end_to_end(n: int, fn=fn) -> None:
                 inputs, metas = zip(*(predictor.preprocess(decode_image(
-                    jpeg, target_size=size).tensor) for _ in range(n)), strict=True)
+                    jpeg, target_size=decode_size).tensor) for _ in range(n)), strict=True)
                 predictor.postprocess(fn(torch.stack(inputs)), list(metas),
                                       **_options(predictor.task))
 
@@ -120,7 +120,7 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
         torch.set_num_threads(threads)
         t = time.perf_counter()
         for _ in range(20):
-            decode_image(jpeg, target_size=size)
+            decode_image(jpeg, target_size=decode_size)
         decode_ms = (time.perf_counter() - t) / 20 * 1000
     return {"backend": report, "fast": fast, "model_only": model_only, "e2e": e2e,
             "decode_ms": decode_ms, "gflop": gflop_per_image(predictor)}

@@ -167,7 +167,7 @@ def _decode_and_preprocess(upload: BinaryIO, filename: str | None, predictor: Pr
     started = time.perf_counter()
     decoded = decode_image(data, max_pixels=settings.max_image_pixels,
                            max_bytes=settings.max_upload_bytes,
-                           target_size=predictor.input_size)
+                           target_size=predictor.preprocessing.decode_size)
     decoded_at = time.perf_counter()
     # The tensor may be a reduced decode of a large JPEG: boxes map back to the original.
     model_input, meta = predictor.preprocess(decoded.tensor,

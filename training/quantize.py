@@ -197,7 +197,8 @@ def _unlabelled_inputs(predictor: Predictor, calib_data: Path | None, limit: int
                        if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DatasetError(f"{calib_data}: no images to calibrate on")
-        return [predictor.preprocess(read_image(f, target_size=predictor.input_size))[0]
+        side = predictor.preprocessing.decode_size
+        return [predictor.preprocess(read_image(f, target_size=side))[0]
                 for f in spread(files, limit)]
     photos = photo_split()[0]
     if not photos:
@@ -281,7 +282,8 @@ def quantize(args: argparse.Namespace) -> dict[str, Any]:
             raise DatasetError(f"{calib_data}: no training images to calibrate on")
         if eval_data != calib_data:
             val = splits(task.name, eval_data, manifest)[1]
-        inputs = [predictor.preprocess(read_image(f, target_size=predictor.input_size))[0]
+        side = predictor.preprocessing.decode_size
+        inputs = [predictor.preprocess(read_image(f, target_size=side))[0]
                   for f in spread(train_files, args.calib_images)]
     log.info("calibrating on %d images of %s", len(inputs), calib_data or "bundled photos")
     quantized = quantize_ov(to_openvino(predictor), inputs)

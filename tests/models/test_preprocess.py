@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
@@ -101,3 +102,31 @@ def test_window_path_for_small_resize_sizes_and_tiny_images() -> None:
         for hw in ((1, 3), (3, 1), (2, 5), (40, 7), (7, 1000)):
             image = noise(*hw)
             assert mad(pre.resize_crop(image), reference(pre, image)) <= 0.5, (pre, hw)
+
+
+@pytest.mark.parametrize("short", [480, 500, 960, 1920])
+def test_a_reduced_jpeg_decode_is_only_ever_downsampled(short: int) -> None:
+    """Decoded to keep `decode_size`, a JPEG whose shorter side lands just above 2, 4 or 8
+    times the crop still reaches the resize at >= 256 px, and its preprocessed input
+    stays close to the full decode's (equal where no reduction applies)."""
+    import io
+
+    from PIL import Image
+
+    from models.imaging import decode_image
+
+    pp = Preprocessing()  # center_crop: resize 256, crop 224
+    assert pp.decode_size == 256 and Preprocessing(mode="letterbox").decode_size == 224
+    y, x = np.mgrid[0:short, 0:short * 4 // 3]
+    smooth = np.stack([128 + 100 * np.sin(x / 37), 128 + 100 * np.cos(y / 23),
+                       (x + y) % 256], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(smooth).save(buf, "JPEG", quality=92)
+    reduced = decode_image(buf.getvalue(), target_size=pp.decode_size)
+    assert min(reduced.tensor.shape[1:]) >= pp.resize_size
+    full = decode_image(buf.getvalue())
+    a, b = (pp.normalize(pp.resize_crop(d.tensor)) for d in (reduced, full))
+    if reduced.tensor.shape == full.tensor.shape:
+        assert torch.equal(a, b)
+    else:
+        assert (a - b).abs().mean() < 0.05, (a - b).abs().mean()

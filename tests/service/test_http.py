@@ -52,6 +52,33 @@ def test_default_model_names_chelsea_a_cat(default_server, chelsea_jpeg: bytes) 
     assert result["predictions"][0]["label"] in IMAGENET_CATS, result["predictions"]
 
 
+def test_a_vga_jpeg_is_answered_as_its_full_decode(start_server, chelsea_jpeg: bytes) -> None:
+    """640x480, the commonest camera size: decoded at half size, it would be upsampled to the
+    256 px resize, and the classifier's scores moved by up to 0.1 (models/preprocess.py,
+    `Preprocessing.decode_size`). Served eager, the answer is the local full decode's."""
+    import torch
+
+    from models.defaults import default_classifier_export
+    from models.imaging import decode_image
+    from models.predictor import load_predictor
+    from service.settings import Settings
+
+    vga = Image.open(io.BytesIO(chelsea_jpeg)).resize((640, 480))
+    jpeg = _jpeg(np.asarray(vga), quality=90)
+    export = default_classifier_export(Settings().cache_dir)
+    server = start_server("--model", str(export), env=QUICK_START)
+    r = httpx.post(f"{server.url}/v1/classify", params={"top_k": 5},
+                   files={"file": ("vga.jpg", jpeg, "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    served = r.json()["results"][0]["predictions"]
+    predictor = load_predictor(export, precision="fp32")
+    with torch.inference_mode():
+        (local,) = predictor.predict([decode_image(jpeg).tensor], top_k=5)
+    assert [p["label"] for p in served] == [c.label for c in local]
+    for s, ref in zip(served, local, strict=True):
+        assert abs(s["score"] - ref.score) < 1e-4, (served, local)
+
+
 def test_several_files_in_one_request(default_server, chelsea_jpeg: bytes) -> None:
     from skimage import data
 
