@@ -64,8 +64,10 @@ def main(args: argparse.Namespace) -> int:
                                                or Path.home() / ".cache" / "ocellus")
     predictor = load_predictor(Path(args.model), device=args.device or "cpu")
     for path in args.images:
-        image = decode_image(path.read_bytes())
-        (result,) = predictor.predict([image.tensor], top_k=5 if args.top_k is None else args.top_k)
+        # Decoded as the service decodes it, so that both answer the same.
+        image = decode_image(path.read_bytes(), target_size=predictor.preprocessing.decode_size)
+        (result,) = predictor.predict([image.tensor], original_sizes=[(image.width, image.height)],
+                                      top_k=5 if args.top_k is None else args.top_k)
         items = [asdict(r) for r in result]
         print(json.dumps({"file": str(path), "width": image.width, "height": image.height,
                           "results": items}))

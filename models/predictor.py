@@ -99,9 +99,17 @@ class Predictor:
         """Raw outputs of a batch → one result per image."""
         raise NotImplementedError
 
-    def predict(self, images: list[torch.Tensor], **options: Any) -> list[Any]:
-        """All three steps on a list of uint8 (3, H, W) images, as one batch."""
-        inputs, metas = zip(*(self.preprocess(im) for im in images), strict=True)
+    def predict(self, images: list[torch.Tensor], *,
+                original_sizes: list[tuple[int, int] | None] | None = None,
+                **options: Any) -> list[Any]:
+        """All three steps on a list of uint8 (3, H, W) images, as one batch.
+
+        `original_sizes`: each image's ``(width, height)`` as uploaded, where it was
+        decoded at reduced size (`decode_image`'s ``target_size``), as in `preprocess`.
+        """
+        sizes = original_sizes or [None] * len(images)
+        inputs, metas = zip(*(self.preprocess(im, original_size=size)
+                              for im, size in zip(images, sizes, strict=True)), strict=True)
         return self.postprocess(self.forward(torch.stack(inputs)), list(metas), **options)
 
 

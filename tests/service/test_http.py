@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import numpy as np
@@ -52,31 +53,49 @@ def test_default_model_names_chelsea_a_cat(default_server, chelsea_jpeg: bytes) 
     assert result["predictions"][0]["label"] in IMAGENET_CATS, result["predictions"]
 
 
-def test_a_vga_jpeg_is_answered_as_its_full_decode(start_server, chelsea_jpeg: bytes) -> None:
+def test_jpegs_are_answered_as_ocellus_predict_and_the_full_decode_answer_them(
+        start_server, chelsea_jpeg: bytes, tmp_path, capsys: pytest.CaptureFixture) -> None:
     """640x480, the commonest camera size: decoded at half size, it would be upsampled to the
     256 px resize, and the classifier's scores moved by up to 0.1 (models/preprocess.py,
-    `Preprocessing.decode_size`). Served eager, the answer is the local full decode's."""
+    `Preprocessing.decode_size`). Served eager, its answer is the local full decode's.
+    A 1280x960 JPEG is decoded at half size by the service and by `ocellus predict` alike:
+    both answer the same."""
     import torch
 
+    from cli.main import main as ocellus
     from models.defaults import default_classifier_export
     from models.imaging import decode_image
     from models.predictor import load_predictor
     from service.settings import Settings
 
-    vga = Image.open(io.BytesIO(chelsea_jpeg)).resize((640, 480))
-    jpeg = _jpeg(np.asarray(vga), quality=90)
+    jpegs = {size: _jpeg(np.asarray(Image.open(io.BytesIO(chelsea_jpeg)).resize(size)),
+                         quality=90) for size in ((640, 480), (1280, 960))}
     export = default_classifier_export(Settings().cache_dir)
     server = start_server("--model", str(export), env=QUICK_START)
-    r = httpx.post(f"{server.url}/v1/classify", params={"top_k": 5},
-                   files={"file": ("vga.jpg", jpeg, "image/jpeg")}, timeout=60)
-    assert r.status_code == 200, r.text
-    served = r.json()["results"][0]["predictions"]
+
+    def served(jpeg: bytes) -> list[dict]:
+        r = httpx.post(f"{server.url}/v1/classify", params={"top_k": 5},
+                       files={"file": ("photo.jpg", jpeg, "image/jpeg")}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]["predictions"]
+
+    def same(a: list[dict], b: list[dict]) -> None:
+        assert [p["label"] for p in a] == [p["label"] for p in b]
+        for x, y in zip(a, b, strict=True):
+            assert abs(x["score"] - y["score"]) < 1e-4, (a, b)
+
     predictor = load_predictor(export, precision="fp32")
     with torch.inference_mode():
-        (local,) = predictor.predict([decode_image(jpeg).tensor], top_k=5)
-    assert [p["label"] for p in served] == [c.label for c in local]
-    for s, ref in zip(served, local, strict=True):
-        assert abs(s["score"] - ref.score) < 1e-4, (served, local)
+        (full,) = predictor.predict([decode_image(jpegs[640, 480]).tensor], top_k=5)
+    same(served(jpegs[640, 480]), [{"label": c.label, "score": c.score} for c in full])
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpegs[1280, 960])
+    capsys.readouterr()
+    assert ocellus(["predict", "--model", str(export), str(photo)]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert (local["width"], local["height"]) == (1280, 960)
+    same(served(jpegs[1280, 960]), local["results"])
 
 
 def test_several_files_in_one_request(default_server, chelsea_jpeg: bytes) -> None:

@@ -104,16 +104,22 @@ def train_transform(preprocessing: Preprocessing, *, augment: str = "trivialaugm
 
 
 class ImageListDataset(Dataset):
-    """(path, target) samples → (transformed image, target)."""
+    """(path, target) samples → (transformed image, target).
+
+    `decode_size`: decode as the service does for that side (`decode_image`'s
+    ``target_size``), so that an evaluation scores what is served; None decodes in full.
+    """
 
     def __init__(self, samples: list[Sample],
-                 transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor], *,
+                 decode_size: int | None = None) -> None:
         self.samples = samples
         self.transform = transform
+        self.decode_size = decode_size
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[i]
-        return self.transform(read_image(path)), target
+        return self.transform(read_image(path, target_size=self.decode_size)), target

@@ -31,8 +31,10 @@ def evaluate_classifier(predictor: ClassificationPredictor, samples: list[Sample
     """
     labels = predictor.labels
     k = len(labels)
-    loader = DataLoader(ImageListDataset(samples, lambda im: predictor.preprocess(im)[0]),
-                        batch_size=batch_size, num_workers=workers)
+    # Decoded as the service decodes an upload: the score is that of what is served.
+    dataset = ImageListDataset(samples, lambda im: predictor.preprocess(im)[0],
+                               decode_size=predictor.preprocessing.decode_size)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     confusion = torch.zeros(k, k, dtype=torch.long)
     top1 = top5 = 0
     for batch, targets in loader:
