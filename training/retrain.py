@@ -47,7 +47,7 @@ from opentelemetry import trace
 
 from models.backbones.catalog import uniform_trainable_stages
 from models.errors import RegistryError
-from models.export import Manifest, read_manifest, write_atomic
+from models.export import Manifest, write_atomic
 from models.registry import ModelRegistry
 from models.tasks import get_task, resolve
 from models.telemetry import install_provider
@@ -303,8 +303,6 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                 report["candidate_quantization"] = {
                     k: quantization[k] for k in ("accepted", "drop", "gate", "reasons")
                     if k in quantization}
-            report["champion"]["precision"] = champion_manifest.precision
-            report["candidate"]["precision"] = read_manifest(candidate_path).precision
             if decision["promote"] and not args.dry_run:
                 if registry.current(args.name) != champion_version:
                     raise RegistryError(f"{args.name}: current changed during the job; "

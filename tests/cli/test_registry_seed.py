@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from models.export import read_manifest
+from models.registry import ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -33,7 +34,8 @@ def test_seed_defaults_publishes_the_int8_variants(
     assert out["seeded"] == {"imagenet": "1", "coco": "1"}, out
     for name, default in (("imagenet", "imagenet"), ("coco", "coco-nanodet")):
         int8 = read_manifest(default_int8_variants[default][1])
-        served = read_manifest(registry / name / "1")
+        # verify: the weights' and the IR files' sha256s, read from the published copies.
+        served = ModelRegistry(registry).verify(name, "1")
         assert served.precision == "int8" and int8.precision == "int8"
         assert served.weights_sha256 == int8.weights_sha256
         assert served.quantization["files"] == int8.quantization["files"]

@@ -46,11 +46,12 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[list[Sample]
 
 
 def score(path: Path, samples: list[Sample], device: str) -> dict[str, Any]:
-    """Top-1, top-5 and per-class precision/recall of an export, as served."""
+    """Top-1, top-5 and per-class precision/recall of an export, as served, and the
+    precision it was served at (an int8 export runs its fp32 weights off the CPU)."""
     predictor = load_predictor(path, device=device)
     if not isinstance(predictor, ClassificationPredictor):
         raise RegistryError(f"{path}: expected a classifier, got a {predictor.task!r} model")
-    return score_predictor(predictor, samples)
+    return {**score_predictor(predictor, samples), "precision": predictor.precision}
 
 
 def score_predictor(predictor: ClassificationPredictor, samples: list[Sample]

@@ -46,11 +46,12 @@ def eval_set(args: argparse.Namespace, champion: Manifest) -> tuple[Path, str]:
 
 
 def score(path: Path, data_yaml: Path, device: str) -> dict[str, Any]:
-    """mAP50-95, mAP50 and per-class AP and recall of an export, as served."""
+    """mAP50-95, mAP50 and per-class AP and recall of an export, as served, and the
+    precision it was served at (an int8 export runs its fp32 weights off the CPU)."""
     predictor = load_predictor(path, device=device)
     if predictor.task != "detect":
         raise RegistryError(f"{path}: expected a detector, got a {predictor.task!r} model")
-    return score_predictor(predictor, data_yaml)
+    return {**score_predictor(predictor, data_yaml), "precision": predictor.precision}
 
 
 def score_predictor(predictor: DetectionPredictor, data_yaml: Path) -> dict[str, Any]:
