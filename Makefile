@@ -50,7 +50,7 @@ test-fast: setup system-deps
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The container image, built here without a registry (docs/container.md): a Debian base
-# made by mmdebstrap, then `docker build --network host`. About 5 min cold, 6.7 GB.
+# made by mmdebstrap, then `docker build --network host`. About 6 min cold, 6.7 GB.
 image:
 	scripts/build-image.sh
 

@@ -5,7 +5,7 @@ runs it as `docker run` and as deploy/k8s run it, and checks the answers, the us
 read-only root and the shutdown (docs/container.md). This test runs it when an engine
 answers, or can be started here: Debian's dockerd, with no bridge and no iptables rules,
 as docs/container.md starts it. When no engine can run, it skips with the engine's own
-error. A cold build takes about 5 minutes, a change to the sources about 1; the engine
+error. A cold build takes about 6 minutes, a change to the sources about 1; the engine
 caches its layers, so a rerun with unchanged sources takes seconds.
 """
 

@@ -55,10 +55,10 @@ def test_dockerfile() -> None:
     assert local in (REPO / "scripts/build-base-image.sh").read_text()
     assert re.search(r"^ARG PIP_INDEX_URL=https://pypi.org/simple$", text, re.M)
     froms = re.findall(r"^FROM (\S+)", text, re.M)
-    # The dependencies' venv, the build stage on it, and the served image on it too: torch
-    # is installed once and shared, not copied into the served image.
-    assert froms == ["${BASE}", "deps", "deps"], froms
-    deps = text[text.index("\nFROM "):text.index("\nFROM deps")]
+    # The dependencies' venv, the build stage on it, and the served image on the base: it
+    # copies the venv, so that no build argument (index URLs, certificates) is in its
+    # history.
+    assert froms == ["${BASE}", "deps", "${BASE}"], froms
     served = text[text.rindex("\nFROM "):]
     # torch from PyPI by default, pinned as pyproject.toml pins it.
     pins = re.findall(r'"(torch(?:vision)?==[^"]+)"', (REPO / "pyproject.toml").read_text())
@@ -68,23 +68,22 @@ def test_dockerfile() -> None:
     users = re.findall(r"^USER (\S+)", served, re.M)
     uid = re.search(r"--uid (\d+)", served).group(1)
     assert users and users[-1].split(":")[0] in (uid, "ocellus") and uid != "0"
-    env = _env(deps) | _env(served)  # the served image inherits the deps stage's ENV
+    env = _env(served)
     assert env["OCELLUS_HOST"] == "0.0.0.0" and int(env["OCELLUS_PORT"]) == PORT
     assert f"EXPOSE {PORT}" in served
     health = re.search(r"HEALTHCHECK.*?CMD (.*)", served, re.S).group(1)
     assert "http://127.0.0.1:%s/readyz" in health and f"'OCELLUS_PORT', '{PORT}'" in health
     cmd = json.loads(re.search(r"^CMD (\[.*\])", served, re.M).group(1))
     assert cmd == ["ocellus", "serve"]  # host and port from the ENV above
-    # The served image installs the project's wheel and takes the baked models from the
-    # build stage.
+    # The served image takes the dependencies' venv, installs the project's wheel, and takes
+    # the baked models from the build stage.
     cache = _env(text[:text.rindex("\nFROM ")])["OCELLUS_CACHE_DIR"]
     assert cache == env["OCELLUS_CACHE_DIR"]
-    copied = re.findall(r"^COPY --from=build (?:--\S+ )*(\S+)", served, re.M)
-    assert "/wheels" in copied and cache in copied, copied
-    # The build's extra CA certificates and pip settings stay out of what the served image
-    # inherits: the deps stage trusts them only inside its pip steps.
+    copied = re.findall(r"^COPY --from=(\S+) (?:--\S+ )*(\S+)", served, re.M)
+    assert {("deps", "/opt/venv"), ("build", "/wheels"), ("build", cache)} <= set(copied)
+    # The build's pip settings and CA certificates stay out of the served image.
     assert not any(k.startswith("PIP_") for k in env), env
-    assert "update-ca-certificates" not in deps and "EXTRA_CA_CERTS" not in served
+    assert "EXTRA_CA_CERTS" not in served and "ARG " not in served
     # .dockerignore is an allow-list that lets in every COPY source and nothing else.
     rules = [ln for ln in (REPO / ".dockerignore").read_text().splitlines()
              if ln and not ln.startswith("#")]
