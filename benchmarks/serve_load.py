@@ -224,6 +224,8 @@ def _default_exports() -> tuple[Path, Path]:
 
 def _soak_share(res: dict) -> str:
     growth, requests = res["rss_soak"]
+    if not requests:
+        return "no soak after the levels"
     return f"of which {growth:+.1f} MB over the soak's last {requests} requests"
 
 

@@ -69,6 +69,8 @@ def test_dockerfile() -> None:
     uid = re.search(r"--uid (\d+)", served).group(1)
     assert users and users[-1].split(":")[0] in (uid, "ocellus") and uid != "0"
     env = _env(served)
+    # Its own ENV puts the copied venv first: `ocellus` and the HEALTHCHECK's python.
+    assert env["VIRTUAL_ENV"] == "/opt/venv" and env["PATH"].startswith("/opt/venv/bin:")
     assert env["OCELLUS_HOST"] == "0.0.0.0" and int(env["OCELLUS_PORT"]) == PORT
     assert f"EXPOSE {PORT}" in served
     health = re.search(r"HEALTHCHECK.*?CMD (.*)", served, re.S).group(1)

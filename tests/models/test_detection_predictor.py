@@ -75,6 +75,19 @@ def test_boxes_map_back_to_original_pixels_through_a_reduced_decode() -> None:
     assert len(low) == 3 and low[-1].box == [0.0, 0.0, 64.0, 32.0]
 
 
+def test_predict_maps_boxes_back_through_original_sizes() -> None:
+    """`Predictor.predict` (what `ocellus predict` calls after a reduced decode) takes each
+    image's original size, as the service's preprocess does: boxes in the upload's pixels."""
+    boxes = torch.tensor([[0.0, 16.0, 64.0, 48.0], [16.0, 24.0, 32.0, 40.0]])
+    probs = torch.tensor([[0.9, 0.0], [0.0, 0.8]])
+    predictor = DetectionPredictor(FixedDecoder(boxes, probs), _manifest(["a", "b"]))
+    image = torch.randint(0, 256, (3, 32, 64), dtype=torch.uint8)  # a 1/8 decode of 512x256
+    (dets,) = predictor.predict([image], original_sizes=[(512, 256)], conf=0.2)
+    assert [d.box for d in dets] == [[0.0, 0.0, 512.0, 256.0], [128.0, 64.0, 256.0, 192.0]]
+    (own,) = predictor.predict([image], conf=0.2)  # none given: the tensor's own pixels
+    assert own[1].box == [16.0, 8.0, 32.0, 24.0]
+
+
 def test_export_round_trip_gives_a_detection_predictor(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Detector("efficientnet_lite0", 3, width=32, img_size=SIZE, backbone_weights=None)
