@@ -216,10 +216,10 @@ def _row(name: str, res: dict) -> list[str]:
 def _default_exports() -> tuple[Path, Path]:
     """(as served by default, fp32): the default classifier's int8 variant where
     `ocellus defaults` made one, and its fp32 export."""
-    from models.defaults import current_int8_variant, default_classifier_export
+    from models.defaults import default_classifier_export, served_variant
 
     fp32 = default_classifier_export(Path.home() / ".cache" / "ocellus", "efficientnet_lite0")
-    return current_int8_variant(fp32) or fp32, fp32
+    return served_variant(fp32), fp32
 
 
 def _soak_share(res: dict) -> str:

@@ -69,11 +69,7 @@ def _seed_defaults(reg, cache_dir: Path | None) -> dict:
     variant where `ocellus defaults` made one that passed its gate, as `ocellus serve`
     serves without a registry, else its fp32 export. A replica on a GPU, or with a backend
     other than auto or int8, serves an int8 export's fp32 weights (service/backends.py)."""
-    from models.defaults import (
-        current_int8_variant,
-        default_classifier_export,
-        default_detector_export,
-    )
+    from models.defaults import default_classifier_export, default_detector_export, served_variant
     from service.settings import Settings
 
     cache_dir = cache_dir or Settings().cache_dir
@@ -81,7 +77,7 @@ def _seed_defaults(reg, cache_dir: Path | None) -> dict:
     for name, build in (("imagenet", default_classifier_export),
                         ("coco", default_detector_export)):
         if reg.current(name) is None and (export := build(cache_dir)) is not None:
-            export = current_int8_variant(export) or export
+            export = served_variant(export)
             version = reg.publish(name, export)
             reg.promote(name, version, reason="ocellus registry seed-defaults")
             seeded[name], exports[name] = version, str(export)

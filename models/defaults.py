@@ -171,6 +171,12 @@ def int8_variant(export: Path) -> Path:
     return export.with_name(f"{export.name}-int8")
 
 
+def served_variant(export: Path) -> Path:
+    """What serves the default export `export` on the CPU: its current int8 variant where
+    `ocellus defaults` made one that passed its gate, else `export` itself."""
+    return current_int8_variant(export) or export
+
+
 def current_int8_variant(export: Path) -> Path | None:
     """The int8 variant of `export`, if one was made from `export`'s current weights.
 

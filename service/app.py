@@ -49,11 +49,7 @@ def model_paths(settings: Settings) -> list[Path]:
     """The exports to serve: the given ones, or the embedded defaults."""
     if settings.models or not settings.default_models or settings.registry:
         return list(settings.models)
-    from models.defaults import (
-        current_int8_variant,
-        default_classifier_export,
-        default_detector_export,
-    )
+    from models.defaults import default_classifier_export, default_detector_export, served_variant
 
     # The detector needs the npm package (`make setup`); without it, a warning says so.
     detector = default_detector_export(settings.cache_dir)
@@ -61,7 +57,7 @@ def model_paths(settings: Settings) -> list[Path]:
     if settings.backend not in ("auto", "int8") or settings.device != "cpu":
         return exports
     # The int8 variant where `ocellus defaults` made one that passed its gate: the faster.
-    return [current_int8_variant(export) or export for export in exports]
+    return [served_variant(export) for export in exports]
 
 
 def _prepare(store: ModelStore, path: Path) -> ServedModel:
