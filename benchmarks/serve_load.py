@@ -126,6 +126,13 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
             "decode_ms": decode_ms, "gflop": gflop_per_image(predictor)}
 
 
+def warm_up(port: int, request: bytes) -> None:
+    """2 s at concurrency 8, then 2 s at the highest level: the memory that 32 requests in
+    flight hold (uploads, frames, batches) is then in the RSS that growth is counted from."""
+    for c in (8, LEVELS[-1]):
+        run_load(HOST, port, request, concurrency=c, seconds=2, warmup=0)
+
+
 def load_levels(server: Served, request: bytes, seconds: float) -> dict:
     results: dict[int, LoadResult] = {}
     for c in LEVELS:
@@ -143,7 +150,7 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
     try:
         route = get_task(read_manifest(export).task).route
         request = multipart_request(route, f"{HOST}:{port}", "file", "c.jpg", jpeg)
-        run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)  # warm-up
+        warm_up(port, request)
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
         # A soak at concurrency 32 up to `soak_requests` in all, for the RSS-growth goal.
@@ -196,7 +203,7 @@ def run_rival(name: str, export: Path, jpeg: bytes, seconds: float, work: Path) 
             except httpx.TimeoutException:
                 continue
             time.sleep(1)
-        run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)
+        warm_up(port, request)
         levels = load_levels(server, request, seconds)
         return {"levels": levels, "peak_mb": tree_memory_mb(server.proc.pid, "VmHWM")}
     finally:
