@@ -5,6 +5,7 @@ Helpers that tests import as functions are in helpers.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -232,6 +233,25 @@ def detector_export(tmp_path_factory: pytest.TempPathFactory,
         "--data", str(synth_detect_yaml), "--out", str(out), "--epochs", "8",
         "--img-size", "192", "--batch-size", "8", "--no-progress"])
     return out, main(args)
+
+
+@pytest.fixture(scope="session")
+def detector_int8_export(tmp_path_factory: pytest.TempPathFactory,
+                         detector_export: tuple[Path, Manifest]) -> Path:
+    """`detector_export` quantized by `ocellus quantize` with its defaults: gated on its
+    val mAP50-95 (drop <= 0.01) and per-class recall."""
+    from cli.main import main as ocellus
+    from training.quantize import EXIT_WRITTEN
+
+    out = tmp_path_factory.mktemp("int8-garments") / "garments-int8"
+    report = out.parent / "report.json"
+    code = ocellus(["quantize", "--model", str(detector_export[0]), "--out", str(out),
+                    "--report", str(report)])
+    assert code == EXIT_WRITTEN, report.read_text() if report.exists() else code
+    evaluation = json.loads(report.read_text())["evaluation"]
+    print(f"\ngarments int8: val mAP50-95 {evaluation['fp32']['map50_95']:.4f} fp32 → "
+          f"{evaluation['int8']['map50_95']:.4f} int8")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 
 from cli.main import main as ocellus
+from models.export import MANIFEST_FILE
 from models.registry import ModelRegistry
 from training.data.synth_detect import synth_detect
 from training.retrain import EXIT_KEPT, EXIT_PROMOTED
@@ -70,6 +72,42 @@ def test_detector_retrain_promotes_on_map_and_keeps_champion_over_shuffled_label
     assert not bad["promote"] and bad["reasons"] and bad["promoted_version"] is None
     assert registry.current("garments") == "2"
     assert registry.versions("garments") == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_an_int8_detector_champion_is_met_by_an_int8_candidate_under_its_gate(
+        tmp_path: Path, detector_int8_export: Path) -> None:
+    """A detector served at int8: the candidate is quantized under the champion's recorded
+    gate, scored at int8 on mAP50-95, and published as int8."""
+    champion = tmp_path / "garments-int8"
+    shutil.copytree(detector_int8_export, champion)
+    # A gate that a one-epoch candidate's quantization passes whatever its small val split
+    # does to a class's recall: the point is which gate is used and what is published.
+    manifest = json.loads((champion / MANIFEST_FILE).read_text())
+    manifest["quantization"]["gate"] = {"max_drop": 1.0, "max_class_drop": 1.0}
+    (champion / MANIFEST_FILE).write_text(json.dumps(manifest))
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.promote("garments", registry.publish("garments", champion))
+    report_file = tmp_path / "report.json"
+    code = ocellus(["retrain", "--registry", str(tmp_path / "registry"), "--name", "garments",
+                    "--data", str(synth_detect(tmp_path / "new", images=48, seed=4,
+                                               img_size=256)),
+                    "--epochs", "1", "--min-gain", "-1", "--max-class-drop", "1",
+                    "--report", str(report_file)])
+    report = json.loads(report_file.read_text())
+    assert code == EXIT_PROMOTED, report
+    assert report["metric"] == "map50_95"
+    assert report["champion"]["precision"] == report["candidate"]["precision"] == "int8"
+    quantization = report["candidate_quantization"]
+    assert quantization["accepted"] and quantization["reasons"] == []
+    assert quantization["gate"] == {"max_drop": 1.0, "max_class_drop": 1.0}  # the champion's
+    assert set(quantization["drop"]) == {"map50_95", "max_class_recall"}  # a detector's gate
+    promoted = registry.verify("garments", "2")
+    assert promoted.task == "detect" and promoted.precision == "int8"
+    assert promoted.quantization["drop"] == quantization["drop"]
+    assert promoted.quantization["evaluation"]["int8"]["map50_95"] == pytest.approx(
+        report["candidate"]["map50_95"])  # what was scored is what is published
+    assert registry.current("garments") == "2"
 
 
 def test_retrain_refuses_a_detector_it_cannot_train(tmp_path: Path, nanodet_source_files,
