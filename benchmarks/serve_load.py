@@ -10,7 +10,8 @@
 3. Ocellus through real HTTP on 127.0.0.1 at concurrency 1, 8 and 32 (closed
    loop, benchmarks/loadgen.py, whose own CPU per request is printed), serving
    the export as the service does by default, then a soak at concurrency 32 up
-   to 10k requests for RSS growth; then Ocellus serving the fp32 export.
+   to 10k requests for RSS growth, counted from the end of a warm-up (`warm_up`,
+   every server alike); then Ocellus serving the fp32 export.
 4. The fp32 export served by LitServe and TorchServe (installed by
    benchmarks/rivals.py in venvs under ~/.cache/ocellus-bench), same load.
 5. Peak RSS of each server (sum of VmHWM over its process tree), and the
@@ -52,6 +53,8 @@ from models.tasks import get_task  # noqa: E402
 from service.backends import select_backend  # noqa: E402
 
 LEVELS = (1, 8, 32)
+SOAK_CONCURRENCY = LEVELS[-1]  # the soak for RSS growth, and the end of the warm-up
+WARM_UP_REQUESTS = 1000  # at SOAK_CONCURRENCY, whatever the model's speed
 
 
 def test_jpeg(task: str = "classify") -> bytes:
@@ -127,10 +130,15 @@ def raw_throughput(export: Path, jpeg: bytes, seconds: float) -> dict:
 
 
 def warm_up(port: int, request: bytes) -> None:
-    """2 s at concurrency 8, then 2 s at the highest level: the memory that 32 requests in
-    flight hold (uploads, frames, batches) is then in the RSS that growth is counted from."""
-    for c in (8, LEVELS[-1]):
-        run_load(HOST, port, request, concurrency=c, seconds=2, warmup=0)
+    """2 s at concurrency 8 (the first forwards, batch-size tuning's leftovers), then
+    `WARM_UP_REQUESTS` at `SOAK_CONCURRENCY` (60 s at most): the memory that that many
+    requests in flight hold (uploads, decoded frames, batches) is then in the RSS that
+    growth is counted from, so the growth counts only what the requests leave behind."""
+    run_load(HOST, port, request, concurrency=8, seconds=2, warmup=0)
+    sent, deadline = 0, time.monotonic() + 60
+    while sent < WARM_UP_REQUESTS and time.monotonic() < deadline:
+        sent += run_load(HOST, port, request, concurrency=SOAK_CONCURRENCY, seconds=1,
+                         warmup=0).sent
 
 
 def load_levels(server: Served, request: bytes, seconds: float) -> dict:
@@ -153,13 +161,14 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
         warm_up(port, request)
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
-        # A soak at concurrency 32 up to `soak_requests` in all, for the RSS-growth goal.
+        # A soak up to `soak_requests` in all, for the RSS-growth goal.
         served = sum(r.sent for r in levels.values())
         rss_levels, served_levels = tree_memory_mb(server.proc.pid, "VmRSS"), served
         deadline = time.monotonic() + 300
         while served < soak_requests and time.monotonic() < deadline:
-            served += run_load(HOST, port, request, concurrency=32, warmup=0, seconds=min(
-                60.0, 1.0 + (soak_requests - served) / max(1.0, levels[32].rps))).sent
+            served += run_load(HOST, port, request, concurrency=SOAK_CONCURRENCY, warmup=0,
+                               seconds=min(60.0, 1.0 + (soak_requests - served) / max(
+                                   1.0, levels[SOAK_CONCURRENCY].rps))).sent
         models = httpx.get(f"http://{HOST}:{port}/v1/models").json()["models"]
         metrics = httpx.get(f"http://{HOST}:{port}/metrics").text
         total = {k: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
