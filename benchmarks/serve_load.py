@@ -256,7 +256,7 @@ def rss_growth(res: dict) -> tuple[float | None, str]:
         return None, line
     early = min(readings[:third], key=lambda r: r[1])
     late = min(readings[-third:], key=lambda r: r[1])
-    return (late[1] - early[1]) * 10_000 / (late[0] - early[0]), line
+    return (late[1] - early[1]) * 10_000 / max(1, late[0] - early[0]), line
 
 
 def _goal(name: str, value: float, goal: str, met: bool) -> None:
