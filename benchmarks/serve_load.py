@@ -45,6 +45,7 @@ from benchmarks.loadgen import LoadResult, multipart_request, raw_request, run_l
 from benchmarks.peaks import gflop_per_image, hardware_peaks  # noqa: E402
 from benchmarks.rivals import litserve_command, torchserve_command  # noqa: E402
 from benchmarks.servers import HOST, Served, free_port, tree_memory_mb  # noqa: E402
+from benchmarks.soak import rss_growth, soak  # noqa: E402
 from models.export import read_manifest  # noqa: E402
 from models.imaging import decode_image  # noqa: E402
 from models.photos import real_images  # noqa: E402
@@ -161,18 +162,10 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
         warm_up(port, request)
         rss_start = tree_memory_mb(server.proc.pid, "VmRSS")
         levels = load_levels(server, request, seconds)
-        # A soak up to `soak_requests` in all, for the RSS-growth goal, in chunks of about
-        # 5 s with RSS read after each: RSS moves in a saw-tooth of tens of MB as the
-        # allocator takes and returns large buffers (NanoDet over 41k requests: +19, +24,
-        # +0.4, +30, +0.4, +25, +0.4 ... MB), so one reading at the end says little.
-        served = sum(r.sent for r in levels.values())
-        samples = [(served, tree_memory_mb(server.proc.pid, "VmRSS") - rss_start)]
-        deadline = time.monotonic() + 300
-        while served < soak_requests and time.monotonic() < deadline:
-            served += run_load(HOST, port, request, concurrency=SOAK_CONCURRENCY, warmup=0,
-                               seconds=min(5.0, 1.0 + (soak_requests - served) / max(
-                                   1.0, levels[SOAK_CONCURRENCY].rps))).sent
-            samples.append((served, tree_memory_mb(server.proc.pid, "VmRSS") - rss_start))
+        # A soak up to `soak_requests` in all, for the RSS goal (benchmarks/soak.py).
+        samples = soak(server, request, concurrency=SOAK_CONCURRENCY,
+                       served=sum(r.sent for r in levels.values()), until=soak_requests,
+                       rps=levels[SOAK_CONCURRENCY].rps, rss_start=rss_start)
         models = httpx.get(f"http://{HOST}:{port}/v1/models").json()["models"]
         metrics = httpx.get(f"http://{HOST}:{port}/metrics").text
         total = {k: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
@@ -180,7 +173,7 @@ def run_ocellus(export: Path, jpeg: bytes, seconds: float, work: Path, *,
                  for k in ("sum", "count")}
         return {"mean_batch": total["sum"] / max(1.0, total["count"]),
                 "levels": levels, "peak_mb": tree_memory_mb(server.proc.pid, "VmHWM"),
-                "rss_requests": served, "rss_samples": samples,
+                "rss_requests": samples[-1][0], "rss_samples": samples,
                 "backend": models[0].get("backend"),
                 "batching": models[0].get("batching")}
     finally:
@@ -239,26 +232,6 @@ def _default_exports() -> tuple[Path, Path]:
     return served_variant(fp32), fp32
 
 
-def rss_growth(res: dict) -> tuple[float | None, str]:
-    """(how far RSS's floor rose, in MB per 10k requests, or None with too few readings;
-    a line with the end, the highest and every reading, in MB over RSS after the warm-up).
-
-    The floor's rise is the lowest reading of the last third less the lowest of the
-    first third (the reading after the warm-up included), scaled by the requests served
-    between the two. A leak lifts every reading, the lowest too, in proportion to the
-    requests; buffers that the allocator keeps for a while lift only some readings.
-    """
-    readings = [(0, 0.0), *res["rss_samples"]]  # (requests served, MB)
-    line = (f"at the end {readings[-1][1]:+.1f}, highest {max(mb for _, mb in readings):+.1f}; "
-            "readings " + " ".join(f"{mb:+.0f}" for _, mb in readings))
-    third = len(readings) // 3
-    if third < 2:
-        return None, line
-    early = min(readings[:third], key=lambda r: r[1])
-    late = min(readings[-third:], key=lambda r: r[1])
-    return (late[1] - early[1]) * 10_000 / max(1, late[0] - early[0]), line
-
-
 def _goal(name: str, value: float, goal: str, met: bool) -> None:
     print(f"  {name:62s} {value:7.2f}   goal {goal:7s} {'met' if met else 'NOT MET'}")
 
@@ -303,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
             oc = run_ocellus(served, jpeg, args.seconds, Path(tmp),
                              soak_requests=args.soak_requests)
-        rise, line = rss_growth(oc)
+        rise, line = rss_growth(oc["rss_samples"])
         floor = "too few readings" if rise is None else f"{rise:+.1f} MB per 10k requests"
         print(f"ocellus c=32 {oc['levels'][32].rps:.1f} req/s; RSS over {oc['rss_requests']} "
               f"requests after warm-up: floor's rise {floor}, {line}; peak {oc['peak_mb']:.0f} MB")
@@ -378,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             if "ocellus fp32" in results:
                 fair = results["ocellus fp32"]["levels"][32].rps / results[rival]["levels"][32].rps
                 print(f"  {'  (Ocellus serving the fp32 export) ÷ ' + rival:62s} {fair:7.2f}")
-    rise, line = rss_growth(oc)
+    rise, line = rss_growth(oc["rss_samples"])
     if rise is not None and oc["rss_requests"] >= 10_000:
         _goal(f"RSS floor's rise, MB per 10k requests, over {oc['rss_requests']} served",
               rise, "flat", abs(rise) <= 50)
